@@ -1,0 +1,418 @@
+"""The reference client of the encrypted file-transfer protocol (PROTOCOL.md §5-6).
+
+Run it in a folder holding `transfer.info` (or name the folder with --dir):
+it registers (or reconnects with `me.info`), exchanges keys, sends the file
+encrypted, and confirms the checksum, resending up to three times. It ends
+with status 0 when the server holds a verified copy, and with a `Fatal: ...`
+line and status 1 otherwise.
+
+`FileTransferClient` is the importable part: one connection, one method per
+request, used by the tests and the benchmarks as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import socket
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from Crypto.PublicKey import RSA
+
+from crypto_utils import (
+    CbcEncryptor,
+    Cksum,
+    CryptoError,
+    export_public_key,
+    generate_rsa_key,
+    unwrap_aes_key,
+)
+from protocol import (
+    AES_BLOCK_SIZE,
+    CLIENT_ID_SIZE,
+    CLIENT_VERSION,
+    MAX_CONTENT_SIZE_ON_WIRE,
+    RESPONSE_HEADER,
+    RESPONSE_PAYLOAD_SIZES,
+    SERVER_VERSION,
+    AesKeyResponse,
+    ClientIdResponse,
+    FileNameRequest,
+    FileReceivedResponse,
+    NameRequest,
+    ProtocolError,
+    PublicKeyRequest,
+    RequestCode,
+    RequestHeader,
+    ResponseCode,
+    ResponseHeader,
+    SendFileHead,
+    encrypted_size,
+    pack_request,
+)
+
+TRANSFER_INFO = "transfer.info"
+ME_INFO = "me.info"
+PRIVATE_KEY_FILE = "priv.key"
+MAX_CLIENT_NAME = 100  # transfer.info's limit on the name (§5)
+ATTEMPTS_PER_STEP = 4  # a step answered with 2107 is tried again up to 3 times (§6)
+SEND_ATTEMPTS = 4  # the fourth checksum mismatch ends the transfer with 1031 (§6)
+SOCKET_TIMEOUT = 60.0  # seconds to wait for the server before giving up
+CHUNK_SIZE = 256 * 1024  # plaintext read, checksummed and encrypted at a time
+BASE64_LINE = 72  # line length of Crypto++'s Base64Encoder, which the C++ client reads
+PROGRESS_MIN_SIZE = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class ClientError(Exception):
+    """Something the client cannot recover from: the message says what."""
+
+
+class ServerError(ClientError):
+    """The server answered 2107 or something the protocol does not allow here."""
+
+
+# --- the files around the client --------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferInfo:
+    host: str
+    port: int
+    name: str
+    file_path: Path
+
+    @classmethod
+    def load(cls, path: Path) -> TransferInfo:
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ClientError(f"cannot read {path}: {err}") from err
+        if len(lines) < 3:
+            raise ClientError(f"{path}: expected 3 lines (host:port, name, file), found {len(lines)}")
+        host, colon, port_text = lines[0].strip().rpartition(":")
+        if not colon or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ClientError(f"{path}: line 1 must be host:port, not {lines[0]!r}")
+        name = lines[1].strip()
+        if not 1 <= len(name) <= MAX_CLIENT_NAME or not name.isprintable():
+            raise ClientError(f"{path}: line 2 must be a name of 1 to {MAX_CLIENT_NAME} characters")
+        file_path = lines[2].strip()
+        if not file_path:
+            raise ClientError(f"{path}: line 3 must name the file to send")
+        return cls(host, int(port_text), name, Path(file_path))
+
+
+@dataclass(frozen=True)
+class MeInfo:
+    name: str
+    client_id: bytes
+    private_key: RSA.RsaKey
+
+    @classmethod
+    def load(cls, path: Path) -> MeInfo:
+        """Line 1 the name, line 2 the UUID in hex, line 3 to the end the key in Base64 (§5)."""
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ClientError(f"cannot read {path}: {err}") from err
+        if len(lines) < 3:
+            raise ClientError(f"{path}: expected a name, a UUID and a key")
+        try:
+            client_id = bytes.fromhex(lines[1].strip())
+            der = base64.b64decode("".join(line.strip() for line in lines[2:]), validate=True)
+            private_key = RSA.import_key(der)
+        except (ValueError, IndexError, TypeError) as err:
+            raise ClientError(f"{path}: malformed UUID or private key") from err
+        if len(client_id) != CLIENT_ID_SIZE or not private_key.has_private():
+            raise ClientError(f"{path}: malformed UUID or private key")
+        return cls(lines[0].strip(), client_id, private_key)
+
+    def save(self, folder: Path) -> None:
+        key_base64 = base64.b64encode(self.private_key.export_key("DER")).decode("ascii")
+        key_lines = "\n".join(textwrap.wrap(key_base64, BASE64_LINE))
+        _write_private(folder / ME_INFO, f"{self.name}\n{self.client_id.hex()}\n{key_lines}\n")
+        _write_private(folder / PRIVATE_KEY_FILE, f"{key_lines}\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file holding private key material, readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="ascii") as out:
+        out.write(text)
+
+
+# --- one connection ---------------------------------------------------------
+
+
+class FileTransferClient:
+    """One connection to the server; a method per request, each returning the decoded response."""
+
+    def __init__(self, host: str, port: int, timeout: float = SOCKET_TIMEOUT) -> None:
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as err:
+            raise ClientError(f"cannot connect to {host}:{port}: {err.strerror or err}") from err
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._stream = self.sock.makefile("rb")
+        self.client_id = bytes(CLIENT_ID_SIZE)
+        self.aes_key: bytes | None = None
+
+    def close(self) -> None:
+        self._stream.close()
+        self.sock.close()
+
+    def __enter__(self) -> FileTransferClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, code: RequestCode, payload: bytes = b"") -> None:
+        self.sock.sendall(pack_request(self.client_id, code, payload))
+
+    def _receive(self, *expected: ResponseCode) -> tuple[ResponseCode, bytes]:
+        """Read one response; anything but one of `expected` is a ServerError."""
+        raw = self._read_exact(RESPONSE_HEADER.size)
+        header = ResponseHeader.unpack(raw)
+        if header.code not in expected or header.version != SERVER_VERSION:
+            if header.payload_size <= max(RESPONSE_PAYLOAD_SIZES.values()):
+                self._read_exact(header.payload_size)  # keep the stream aligned for a retry
+            wanted = "/".join(str(code.value) for code in expected)
+            raise ServerError(f"server answered {header.code}, expected {wanted}")
+        code = ResponseCode(header.code)
+        if header.payload_size != RESPONSE_PAYLOAD_SIZES[code]:
+            raise ClientError(f"server sent {code.value} with a {header.payload_size}-byte payload")
+        return code, self._read_exact(header.payload_size)
+
+    def _read_exact(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except TimeoutError as err:
+            raise ClientError("the server did not answer in time") from err
+        if len(data) != size:
+            raise ClientError("the server closed the connection")
+        return data
+
+    def register(self, name: str) -> bytes | None:
+        """1025: the new client ID, or None if the name is taken (2101)."""
+        self._send(RequestCode.REGISTER, NameRequest(name).pack())
+        code, payload = self._receive(ResponseCode.REGISTERED, ResponseCode.REGISTRATION_FAILED)
+        if code is ResponseCode.REGISTRATION_FAILED:
+            return None
+        self.client_id = ClientIdResponse.unpack(payload).client_id
+        return self.client_id
+
+    def send_public_key(self, name: str, private_key: RSA.RsaKey) -> bytes:
+        """1026: the AES key from 2102."""
+        self._send(RequestCode.PUBLIC_KEY, PublicKeyRequest(name, export_public_key(private_key)).pack())
+        _, payload = self._receive(ResponseCode.AES_KEY)
+        return self._accept_aes_key(AesKeyResponse.unpack(payload), private_key)
+
+    def reconnect(self, name: str, client_id: bytes, private_key: RSA.RsaKey) -> bytes | None:
+        """1027: the AES key from 2105, or None when the server denies it (2106)."""
+        self.client_id = client_id
+        self._send(RequestCode.RECONNECT, NameRequest(name).pack())
+        code, payload = self._receive(ResponseCode.RECONNECTED, ResponseCode.RECONNECT_DENIED)
+        if code is ResponseCode.RECONNECT_DENIED:
+            return None
+        return self._accept_aes_key(AesKeyResponse.unpack(payload), private_key)
+
+    def _accept_aes_key(self, response: AesKeyResponse, private_key: RSA.RsaKey) -> bytes:
+        if response.client_id != self.client_id:
+            raise ServerError("server answered with another client's ID")
+        try:
+            self.aes_key = unwrap_aes_key(private_key, response.encrypted_key)
+        except CryptoError as err:
+            raise ServerError(f"cannot use the AES key: {err}") from err
+        return self.aes_key
+
+    def send_file(
+        self, path: Path, file_name: str | None = None, progress: Callable[[int], object] | None = None
+    ) -> tuple[FileReceivedResponse, int]:
+        """1028: stream `path` encrypted; return the 2103 and the local checksum."""
+        if self.aes_key is None:
+            raise ClientError("no AES key: register or reconnect first")
+        name = file_name if file_name is not None else str(path)
+        try:
+            source = open(path, "rb")
+        except OSError as err:
+            raise ClientError(f"cannot read {path}: {err.strerror}") from err
+        with source:
+            size = os.fstat(source.fileno()).st_size
+            content_size = encrypted_size(size)
+            if content_size > MAX_CONTENT_SIZE_ON_WIRE:
+                raise ClientError(f"{path} is too large for the protocol ({size} bytes)")
+            head = SendFileHead(content_size, name).pack()
+            header = RequestHeader(
+                self.client_id, CLIENT_VERSION, RequestCode.SEND_FILE, len(head) + content_size
+            )
+            self.sock.sendall(header.pack() + head)
+            checksum = self._stream_encrypted(source, size, progress)
+        _, payload = self._receive(ResponseCode.FILE_RECEIVED)
+        received = FileReceivedResponse.unpack(payload)
+        if (received.client_id, received.content_size, received.file_name) != (
+            self.client_id, content_size, name
+        ):
+            raise ServerError("2103 does not describe the file that was sent")
+        return received, checksum
+
+    def _stream_encrypted(
+        self, source: BinaryIO, size: int, progress: Callable[[int], object] | None
+    ) -> int:
+        """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum."""
+        assert self.aes_key is not None
+        encryptor = CbcEncryptor(self.aes_key)
+        checksum = Cksum()
+        plain = memoryview(bytearray(CHUNK_SIZE))
+        cipher = memoryview(bytearray(CHUNK_SIZE))
+        remaining = size
+        tail = b""  # the last 0..15 bytes, padded by encrypt_final
+        while remaining:
+            chunk = plain[: min(CHUNK_SIZE, remaining)]
+            _read_into(source, chunk)
+            remaining -= len(chunk)
+            checksum.update(chunk)
+            # Every chunk but the last is a whole number of blocks (CHUNK_SIZE is).
+            whole = len(chunk) - len(chunk) % AES_BLOCK_SIZE
+            encryptor.encrypt_into(chunk[:whole], cipher[:whole])
+            self.sock.sendall(cipher[:whole])
+            tail = bytes(chunk[whole:])
+            if progress:
+                progress(len(chunk))
+        self.sock.sendall(encryptor.encrypt_final(tail))
+        return checksum.value
+
+    def crc_ok(self, file_name: str) -> None:
+        self._send(RequestCode.CRC_OK, FileNameRequest(file_name).pack())
+        self._expect_ack()
+
+    def crc_retry(self, file_name: str) -> None:
+        """1030: no response; the next request is the resent 1028 (§2)."""
+        self._send(RequestCode.CRC_RETRY, FileNameRequest(file_name).pack())
+
+    def crc_abort(self, file_name: str) -> None:
+        self._send(RequestCode.CRC_ABORT, FileNameRequest(file_name).pack())
+        self._expect_ack()
+
+    def _expect_ack(self) -> None:
+        _, payload = self._receive(ResponseCode.ACK)
+        if ClientIdResponse.unpack(payload).client_id != self.client_id:
+            raise ServerError("2104 names another client")
+
+
+def _read_into(source: BinaryIO, view: memoryview) -> None:
+    filled = 0
+    while filled < len(view):
+        count = source.readinto(view[filled:])
+        if not count:
+            raise ClientError("the file shrank while it was being sent")
+        filled += count
+
+
+# --- the flow of §6 ---------------------------------------------------------
+
+
+def _retrying(step: str, action: Callable[[], T], report: Callable[[str], None]) -> T:
+    """Run one protocol step; on 2107 or an unexpected answer, try again up to 3 more times."""
+    for attempt in range(1, ATTEMPTS_PER_STEP + 1):
+        try:
+            return action()
+        except ServerError as err:
+            report(f"server responded with an error ({step}: {err})")
+            if attempt == ATTEMPTS_PER_STEP:
+                raise ClientError(f"{step} failed {ATTEMPTS_PER_STEP} times: {err}") from err
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class TransferResult:
+    verified: bool
+    attempts: int
+    checksum: int
+
+
+def run_transfer(
+    folder: Path,
+    report: Callable[[str], None] = print,
+    progress_factory: Callable[[int], Callable[[int], object] | None] | None = None,
+) -> TransferResult:
+    """Everything §6 describes, from `folder`'s transfer.info to 1029 or 1031."""
+    info = TransferInfo.load(folder / TRANSFER_INFO)
+    file_path = info.file_path if info.file_path.is_absolute() else folder / info.file_path
+    if not file_path.is_file():
+        raise ClientError(f"cannot read {file_path}: not a file")
+    me = MeInfo.load(folder / ME_INFO) if (folder / ME_INFO).exists() else None
+    with FileTransferClient(info.host, info.port) as client:
+        aes_key = None
+        if me is not None:
+            aes_key = _retrying(
+                "reconnect", lambda: client.reconnect(me.name, me.client_id, me.private_key), report
+            )
+            if aes_key is None:
+                report("reconnect denied: registering anew")
+        if aes_key is None:
+            _register(client, info.name, folder, report)
+        file_name = str(info.file_path)
+        progress = progress_factory(file_path.stat().st_size) if progress_factory else None
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            received, checksum = _retrying(
+                "send file", lambda: client.send_file(file_path, file_name, progress), report
+            )
+            if received.cksum == checksum:
+                _retrying("confirm checksum", lambda: client.crc_ok(file_name), report)
+                return TransferResult(True, attempt, checksum)
+            report(f"checksum mismatch (attempt {attempt}): server {received.cksum}, local {checksum}")
+            if attempt < SEND_ATTEMPTS:
+                client.crc_retry(file_name)
+        _retrying("give up", lambda: client.crc_abort(file_name), report)
+        return TransferResult(False, SEND_ATTEMPTS, checksum)
+
+
+def _register(client: FileTransferClient, name: str, folder: Path, report: Callable[[str], None]) -> None:
+    client_id = _retrying("register", lambda: client.register(name), report)
+    if client_id is None:
+        raise ClientError(f"the server refused to register the name {name!r} (2101: taken)")
+    private_key = generate_rsa_key()
+    MeInfo(name, client_id, private_key).save(folder)
+    report(f"registered as {uuid.UUID(bytes=client_id)}")
+    _retrying("send public key", lambda: client.send_public_key(name, private_key), report)
+
+
+def _progress_bar(total: int) -> Callable[[int], object] | None:
+    """A tqdm bar on a terminal, for files worth watching; nothing otherwise."""
+    if total < PROGRESS_MIN_SIZE or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False).update
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Send a file to the encrypted file-transfer server.")
+    parser.add_argument(
+        "--dir", type=Path, default=Path("."), help="folder with transfer.info (default: the current one)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = run_transfer(args.dir, report=print, progress_factory=_progress_bar)
+    except (ClientError, ProtocolError, OSError) as err:
+        print(f"Fatal: {err}", file=sys.stderr)
+        return 1
+    if not result.verified:
+        print(f"Fatal: the checksum did not match after {result.attempts} attempts; the transfer failed",
+              file=sys.stderr)
+        return 1
+    print(f"file sent and verified (cksum {result.checksum}, {result.attempts} attempt(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+// Crypto++ behind the small interface of crypto.hpp.
+#include "crypto.hpp"
+
+#include <cryptopp/aes.h>
+#include <cryptopp/base64.h>
+#include <cryptopp/cryptlib.h>
+#include <cryptopp/filters.h>
+#include <cryptopp/modes.h>
+#include <cryptopp/osrng.h>
+#include <cryptopp/queue.h>
+#include <cryptopp/rsa.h>
+
+#include <algorithm>
+
+namespace crypto {
+
+namespace {
+
+constexpr unsigned int kRsaModulusBits = 1024;
+
+}  // namespace
+
+struct RsaPrivateKey::Impl {
+    CryptoPP::RSA::PrivateKey key;
+};
+
+RsaPrivateKey::RsaPrivateKey(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RsaPrivateKey::RsaPrivateKey(RsaPrivateKey&&) noexcept = default;
+RsaPrivateKey& RsaPrivateKey::operator=(RsaPrivateKey&&) noexcept = default;
+RsaPrivateKey::~RsaPrivateKey() = default;
+
+RsaPrivateKey RsaPrivateKey::generate() {
+    try {
+        CryptoPP::AutoSeededRandomPool rng;
+        auto impl = std::make_unique<Impl>();
+        // Crypto++'s default public exponent is 17, which is what keeps the X.509 DER at
+        // 160 bytes (section 4).
+        impl->key.Initialize(rng, kRsaModulusBits);
+        return RsaPrivateKey(std::move(impl));
+    } catch (const CryptoPP::Exception& error) {
+        throw CryptoError(std::string("RSA key generation failed: ") + error.what());
+    }
+}
+
+RsaPrivateKey RsaPrivateKey::load_base64(const std::string& base64) {
+    try {
+        CryptoPP::ByteQueue der;
+        CryptoPP::StringSource source(base64, true, new CryptoPP::Base64Decoder(new CryptoPP::Redirector(der)));
+        auto impl = std::make_unique<Impl>();
+        impl->key.Load(der);
+        if (der.MaxRetrievable() != 0) {
+            throw CryptoError("private key has trailing bytes after its DER encoding");
+        }
+        CryptoPP::AutoSeededRandomPool rng;
+        if (!impl->key.Validate(rng, 3)) {
+            throw CryptoError("private key does not validate");
+        }
+        if (impl->key.GetModulus().BitCount() != kRsaModulusBits) {
+            throw CryptoError("private key is not an RSA-1024 key");
+        }
+        return RsaPrivateKey(std::move(impl));
+    } catch (const CryptoPP::Exception& error) {
+        throw CryptoError(std::string("private key does not decode: ") + error.what());
+    }
+}
+
+std::string RsaPrivateKey::save_base64() const {
+    std::string base64;
+    CryptoPP::Base64Encoder encoder(new CryptoPP::StringSink(base64));  // line breaks every 72
+    impl_->key.Save(encoder);
+    encoder.MessageEnd();
+    return base64;
+}
+
+Bytes RsaPrivateKey::public_key_der() const {
+    const CryptoPP::RSA::PublicKey public_key(impl_->key);
+    std::string der;
+    CryptoPP::StringSink sink(der);
+    public_key.Save(sink);
+    if (der.size() != proto::kPublicKeySize) {
+        throw CryptoError("public key DER is " + std::to_string(der.size()) +
+                          " bytes; the protocol's field holds exactly 160 (RSA-1024, e = 17)");
+    }
+    return Bytes(der.begin(), der.end());
+}
+
+AesKey RsaPrivateKey::unwrap_aes_key(const std::uint8_t* ciphertext, std::size_t size) const {
+    try {
+        CryptoPP::AutoSeededRandomPool rng;
+        const CryptoPP::RSAES_OAEP_SHA_Decryptor decryptor(impl_->key);
+        if (size != decryptor.FixedCiphertextLength()) {
+            throw CryptoError("wrapped AES key is " + std::to_string(size) + " bytes, expected " +
+                              std::to_string(decryptor.FixedCiphertextLength()));
+        }
+        Bytes plain(decryptor.MaxPlaintextLength(size));
+        const CryptoPP::DecodingResult result = decryptor.Decrypt(rng, ciphertext, size, plain.data());
+        if (!result.isValidCoding) {
+            throw CryptoError("wrapped AES key does not decrypt with our private key");
+        }
+        if (result.messageLength != proto::kAesKeySize) {
+            throw CryptoError("unwrapped AES key is " + std::to_string(result.messageLength) +
+                              " bytes, expected 16");
+        }
+        AesKey key{};
+        std::copy_n(plain.begin(), key.size(), key.begin());
+        return key;
+    } catch (const CryptoPP::Exception& error) {
+        throw CryptoError(std::string("wrapped AES key does not decrypt: ") + error.what());
+    }
+}
+
+struct AesCbcEncryptor::Impl {
+    CryptoPP::CBC_Mode<CryptoPP::AES>::Encryption cipher;
+    std::array<std::uint8_t, proto::kAesBlockSize> tail{};
+    std::size_t tail_size = 0;
+    bool finished = false;
+};
+
+AesCbcEncryptor::AesCbcEncryptor(const AesKey& key) : impl_(std::make_unique<Impl>()) {
+    const std::array<std::uint8_t, proto::kAesBlockSize> zero_iv{};
+    impl_->cipher.SetKeyWithIV(key.data(), key.size(), zero_iv.data(), zero_iv.size());
+}
+AesCbcEncryptor::AesCbcEncryptor(AesCbcEncryptor&&) noexcept = default;
+AesCbcEncryptor& AesCbcEncryptor::operator=(AesCbcEncryptor&&) noexcept = default;
+AesCbcEncryptor::~AesCbcEncryptor() = default;
+
+void AesCbcEncryptor::update(const std::uint8_t* data, std::size_t size, Bytes& out) {
+    constexpr std::size_t block = proto::kAesBlockSize;
+    Impl& s = *impl_;
+    if (s.finished) {
+        throw CryptoError("AesCbcEncryptor::update after finish");
+    }
+    if (s.tail_size > 0) {
+        const std::size_t take = std::min(block - s.tail_size, size);
+        std::copy_n(data, take, s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size));
+        s.tail_size += take;
+        data += take;
+        size -= take;
+        if (s.tail_size < block) {
+            return;
+        }
+        const std::size_t at = out.size();
+        out.resize(at + block);
+        s.cipher.ProcessData(out.data() + at, s.tail.data(), block);
+        s.tail_size = 0;
+    }
+    const std::size_t whole = size - size % block;
+    if (whole > 0) {
+        const std::size_t at = out.size();
+        out.resize(at + whole);
+        s.cipher.ProcessData(out.data() + at, data, whole);
+    }
+    std::copy_n(data + whole, size - whole, s.tail.begin());
+    s.tail_size = size - whole;
+}
+
+void AesCbcEncryptor::finish(Bytes& out) {
+    Impl& s = *impl_;
+    if (s.finished) {
+        throw CryptoError("AesCbcEncryptor::finish called twice");
+    }
+    // PKCS#7: always 1..16 bytes, each holding the padding length.
+    const auto pad = static_cast<std::uint8_t>(proto::kAesBlockSize - s.tail_size);
+    std::fill(s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size), s.tail.end(), pad);
+    const std::size_t at = out.size();
+    out.resize(at + proto::kAesBlockSize);
+    s.cipher.ProcessData(out.data() + at, s.tail.data(), proto::kAesBlockSize);
+    s.finished = true;
+}
+
+}  // namespace crypto

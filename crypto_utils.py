@@ -1,0 +1,192 @@
+"""Cryptography of the protocol (PROTOCOL.md §4), streaming where the data is large.
+
+- RSA-1024 key wrap with OAEP (SHA-1, MGF1-SHA-1): Crypto++'s RSAES_OAEP_SHA.
+- AES-128-CBC with an all-zero IV and PKCS#7 padding, as a streaming
+  encryptor and decryptor working on caller-owned buffers.
+- The POSIX `cksum` checksum, computed incrementally.
+
+Weak by today's standards (fixed IV, no MAC, RSA-1024, SHA-1): fixed by the
+clients that exist. SECURITY.md says what that means and what the server does.
+"""
+
+from __future__ import annotations
+
+import anycrc
+from Crypto.Cipher import AES, PKCS1_OAEP
+from Crypto.PublicKey import RSA
+from Crypto.Random import get_random_bytes
+from Crypto.Util.strxor import strxor
+
+from protocol import AES_BLOCK_SIZE, AES_KEY_SIZE, ENCRYPTED_AES_KEY_SIZE, PUBLIC_KEY_SIZE
+
+RSA_KEY_BITS = 1024
+# Crypto++'s default public exponent; with 65537 the DER key is 162 bytes and does not fit (§4).
+RSA_PUBLIC_EXPONENT = 17
+ZERO_IV = bytes(AES_BLOCK_SIZE)
+
+
+class CryptoError(ValueError):
+    """Key material or ciphertext the peer sent cannot be used."""
+
+
+# --- RSA key wrap -----------------------------------------------------------
+
+
+def generate_rsa_key() -> RSA.RsaKey:
+    return RSA.generate(RSA_KEY_BITS, e=RSA_PUBLIC_EXPONENT)
+
+
+def export_public_key(key: RSA.RsaKey) -> bytes:
+    """The 160-byte X.509 SubjectPublicKeyInfo DER that travels in 1026."""
+    der: bytes = key.publickey().export_key("DER")
+    if len(der) != PUBLIC_KEY_SIZE:
+        raise CryptoError(f"public key DER is {len(der)} bytes, expected {PUBLIC_KEY_SIZE}")
+    return der
+
+
+def import_public_key(der: bytes) -> RSA.RsaKey:
+    """Import a client's public key, accepting only a public RSA-1024 key."""
+    try:
+        key = RSA.import_key(der)
+    except (ValueError, IndexError, TypeError) as err:
+        raise CryptoError("public key is not a valid RSA key") from err
+    if key.has_private():
+        raise CryptoError("public key field holds a private key")
+    if key.size_in_bits() != RSA_KEY_BITS:
+        raise CryptoError(f"public key is RSA-{key.size_in_bits()}, expected RSA-{RSA_KEY_BITS}")
+    return key
+
+
+def generate_aes_key() -> bytes:
+    return get_random_bytes(AES_KEY_SIZE)
+
+
+def wrap_aes_key(public_key_der: bytes, aes_key: bytes) -> bytes:
+    """Encrypt `aes_key` for the holder of `public_key_der` (RSA-OAEP, SHA-1)."""
+    wrapped: bytes = PKCS1_OAEP.new(import_public_key(public_key_der)).encrypt(aes_key)
+    return wrapped
+
+
+def unwrap_aes_key(private_key: RSA.RsaKey, wrapped: bytes) -> bytes:
+    if len(wrapped) != ENCRYPTED_AES_KEY_SIZE:
+        raise CryptoError(f"encrypted AES key is {len(wrapped)} bytes")
+    try:
+        aes_key: bytes = PKCS1_OAEP.new(private_key).decrypt(wrapped)
+    except ValueError as err:
+        raise CryptoError("encrypted AES key does not decrypt") from err
+    if len(aes_key) != AES_KEY_SIZE:
+        raise CryptoError(f"AES key is {len(aes_key)} bytes, expected {AES_KEY_SIZE}")
+    return aes_key
+
+
+# --- AES-128-CBC, streaming -------------------------------------------------
+
+
+class CbcDecryptor:
+    """AES-128-CBC decryption (zero IV) of a stream, chunk by chunk, in place or not.
+
+    CBC decryption is P[i] = D(C[i]) xor C[i-1]; unlike encryption every block
+    is independent, so each chunk goes through ECB (which pycryptodome runs
+    many blocks at a time with AES-NI) and one C-level XOR with the ciphertext
+    shifted by a block: about ten times the speed of MODE_CBC's block-by-block
+    loop, with the same result (tests compare the two).
+    """
+
+    def __init__(self, key: bytes, max_chunk_size: int) -> None:
+        if len(key) != AES_KEY_SIZE:
+            raise CryptoError(f"AES key is {len(key)} bytes, expected {AES_KEY_SIZE}")
+        self._ecb = AES.new(key, AES.MODE_ECB)
+        self._previous_block = bytearray(ZERO_IV)
+        self._shifted = bytearray(max_chunk_size)
+
+    def decrypt_into(self, ciphertext: memoryview, output: memoryview) -> None:
+        """Decrypt `ciphertext` (a multiple of 16 bytes) into `output`, which may be the same buffer."""
+        size = len(ciphertext)
+        if size % AES_BLOCK_SIZE or size > len(self._shifted) or len(output) != size:
+            raise ValueError(f"bad chunk size {size}")
+        if not size:
+            return
+        shifted = memoryview(self._shifted)[:size]
+        shifted[:AES_BLOCK_SIZE] = self._previous_block
+        shifted[AES_BLOCK_SIZE:] = ciphertext[:-AES_BLOCK_SIZE]
+        self._previous_block[:] = ciphertext[-AES_BLOCK_SIZE:]
+        self._ecb.decrypt(ciphertext, output=output)
+        strxor(output, shifted, output=output)
+
+
+def padding_length(last_block: memoryview | bytes) -> int:
+    """Validate the PKCS#7 padding at the end of the decrypted content; return its length."""
+    if len(last_block) != AES_BLOCK_SIZE:
+        raise CryptoError("content is shorter than one block")
+    pad = last_block[-1]
+    if not 1 <= pad <= AES_BLOCK_SIZE or any(b != pad for b in last_block[-pad:]):
+        raise CryptoError("bad PKCS#7 padding (wrong AES key or corrupted content)")
+    return pad
+
+
+class CbcEncryptor:
+    """AES-128-CBC encryption (zero IV, PKCS#7) of a stream of known length."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != AES_KEY_SIZE:
+            raise CryptoError(f"AES key is {len(key)} bytes, expected {AES_KEY_SIZE}")
+        self._cbc = AES.new(key, AES.MODE_CBC, iv=ZERO_IV)
+
+    def encrypt_into(self, plaintext: memoryview, output: memoryview) -> None:
+        """Encrypt whole blocks (a multiple of 16 bytes) into `output`."""
+        self._cbc.encrypt(plaintext, output=output)
+
+    def encrypt_final(self, tail: bytes) -> bytes:
+        """Pad and encrypt the last 0..15 bytes of the stream: always one 16-byte block."""
+        if len(tail) >= AES_BLOCK_SIZE:
+            raise ValueError("the tail must be shorter than one block")
+        pad = AES_BLOCK_SIZE - len(tail)
+        last: bytes = self._cbc.encrypt(tail + bytes([pad]) * pad)
+        return last
+
+
+def encrypt(key: bytes, plaintext: bytes) -> bytes:
+    """Encrypt a whole (small) message: what a client sends in 1028."""
+    encryptor = CbcEncryptor(key)
+    whole = len(plaintext) - len(plaintext) % AES_BLOCK_SIZE
+    body = bytearray(whole)
+    encryptor.encrypt_into(memoryview(plaintext)[:whole], memoryview(body))
+    return bytes(body) + encryptor.encrypt_final(plaintext[whole:])
+
+
+# --- POSIX cksum ------------------------------------------------------------
+
+# CRC-32, polynomial 0x04C11DB7, MSB first, initial value 0, no final XOR in the
+# register itself: cksum feeds the length after the data, then complements.
+# anycrc computes it in C (several GB/s) and continues from a previous register.
+_CKSUM_CRC = anycrc.CRC(
+    width=32, poly=0x04C11DB7, init=0, refin=False, refout=False, xorout=0
+)
+
+
+class Cksum:
+    """The POSIX `cksum` of a stream, fed in pieces."""
+
+    def __init__(self) -> None:
+        self._register = 0
+        self._length = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._register = _CKSUM_CRC.calc(data, self._register)
+        self._length += len(data)
+
+    @property
+    def value(self) -> int:
+        length = self._length
+        length_bytes = bytearray()
+        while length:
+            length_bytes.append(length & 0xFF)
+            length >>= 8
+        register: int = _CKSUM_CRC.calc(bytes(length_bytes), self._register)
+        return register ^ 0xFFFFFFFF
+
+
+def cksum(data: bytes | bytearray | memoryview) -> int:
+    checksum = Cksum()
+    checksum.update(data)
+    return checksum.value

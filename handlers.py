@@ -1,0 +1,256 @@
+"""What the server does for each request code (PROTOCOL.md §2), one function per code.
+
+Every handler has the same signature: it takes the request's context, reads
+its payload through the context's `PayloadReader`, and returns the response
+to send (None for 1030, which has none). Refusals are raised as
+`ProtocolError`s carrying their response code; the connection loop in
+server.py turns them into 2107 (or 2101/2106 where the protocol says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from crypto_utils import (
+    Cksum,
+    CbcDecryptor,
+    CryptoError,
+    generate_aes_key,
+    padding_length,
+    wrap_aes_key,
+)
+from database import ClientRecord, Database
+from protocol import (
+    AES_BLOCK_SIZE,
+    SEND_FILE_HEAD,
+    AesKeyResponse,
+    ClientIdResponse,
+    FileNameRequest,
+    FileReceivedResponse,
+    MalformedPayload,
+    NameRequest,
+    ProtocolError,
+    PublicKeyRequest,
+    RequestCode,
+    RequestHeader,
+    ResponseCode,
+    SendFileHead,
+    UnknownClient,
+)
+from storage import FileStore, StorageError
+
+log = logging.getLogger(__name__)
+
+# Bytes read, decrypted, checksummed and written at a time in a 1028. A multiple
+# of the AES block; large enough that per-chunk overhead vanishes, small enough
+# that a hundred concurrent transfers stay within a few tens of MiB.
+CHUNK_SIZE = 256 * 1024
+
+
+class PeerGone(Exception):
+    """The peer closed the connection (or went silent) in the middle of a request."""
+
+
+class PayloadReader:
+    """Exact reads of one request's payload from the connection's buffered stream.
+
+    Counts what is still unread, so that after a refusal the connection loop
+    knows whether the rest can be skipped (the stream stays aligned on the
+    next request) or the connection must close.
+    """
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream = stream
+        self.unread = size
+
+    def read(self, size: int) -> bytes:
+        if size > self.unread:
+            raise MalformedPayload(f"payload needs {size} more bytes, {self.unread} left")
+        data = self._stream.read(size)
+        self.unread -= len(data)
+        if len(data) != size:
+            raise PeerGone(f"connection closed {size - len(data)} bytes short")
+        return data
+
+    def read_all(self) -> bytes:
+        return self.read(self.unread)
+
+    def readinto(self, view: memoryview) -> None:
+        """Fill `view` completely (a large read goes straight from the socket into it)."""
+        if len(view) > self.unread:
+            raise MalformedPayload(f"payload needs {len(view)} more bytes, {self.unread} left")
+        filled = 0
+        while filled < len(view):
+            count = self._stream.readinto(view[filled:])
+            if not count:
+                raise PeerGone(f"connection closed {len(view) - filled} bytes short")
+            filled += count
+            self.unread -= count
+
+    def skip_rest(self) -> None:
+        while self.unread:
+            self.read(min(self.unread, CHUNK_SIZE))
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    header: RequestHeader
+    payload: PayloadReader
+    db: Database
+    store: FileStore
+
+
+Reply = tuple[ResponseCode, bytes] | None
+Handler = Callable[[RequestContext], Reply]
+
+
+def _registered_client(ctx: RequestContext) -> ClientRecord:
+    """The client named by the header, which must have completed its key exchange."""
+    client = ctx.db.get_client(ctx.header.client_id)
+    if client is None or client.aes_key is None:
+        raise UnknownClient(f"client {ctx.header.client_id.hex()} is not registered with a key")
+    return client
+
+
+def _new_wrapped_aes_key(ctx: RequestContext, public_key: bytes) -> tuple[bytes, bytes]:
+    """A fresh AES key and the same key wrapped with `public_key`."""
+    aes_key = generate_aes_key()
+    try:
+        return aes_key, wrap_aes_key(public_key, aes_key)
+    except CryptoError as err:
+        raise MalformedPayload(str(err)) from err
+
+
+def handle_register(ctx: RequestContext) -> Reply:
+    """1025: a new client; the header's Client ID is ignored (§7)."""
+    request = NameRequest.unpack(ctx.payload.read_all())
+    client_id = ctx.db.register_client(request.name)
+    if client_id is None:
+        log.info("registration refused: name %r is taken", request.name)
+        return ResponseCode.REGISTRATION_FAILED, b""
+    return ResponseCode.REGISTERED, ClientIdResponse(client_id).pack()
+
+
+def handle_public_key(ctx: RequestContext) -> Reply:
+    """1026: store the client's public key and answer with a new wrapped AES key."""
+    request = PublicKeyRequest.unpack(ctx.payload.read_all())
+    client = ctx.db.get_client(ctx.header.client_id)
+    if client is None or client.name != request.name:
+        raise UnknownClient(f"no client {ctx.header.client_id.hex()} named {request.name!r}")
+    aes_key, wrapped = _new_wrapped_aes_key(ctx, request.public_key)
+    ctx.db.set_keys(client.client_id, request.public_key, aes_key)
+    return ResponseCode.AES_KEY, AesKeyResponse(client.client_id, wrapped).pack()
+
+
+def handle_reconnect(ctx: RequestContext) -> Reply:
+    """1027: a new AES key for a known client, or 2106 and the client registers anew."""
+    request = NameRequest.unpack(ctx.payload.read_all())
+    denied = ResponseCode.RECONNECT_DENIED, ClientIdResponse(ctx.header.client_id).pack()
+    client = ctx.db.get_client(ctx.header.client_id)
+    if client is None or client.name != request.name:
+        log.info("reconnect denied: no client %s named %r", ctx.header.client_id.hex(), request.name)
+        return denied
+    if client.public_key is None:
+        # Registered but never sent its key: drop it so its next 1025 succeeds (§2).
+        ctx.db.delete_incomplete_client(client.client_id)
+        log.info("reconnect denied: %r never completed its key exchange", request.name)
+        return denied
+    try:
+        aes_key, wrapped = _new_wrapped_aes_key(ctx, client.public_key)
+    except MalformedPayload as err:
+        log.info("reconnect denied: stored public key of %r is unusable: %s", request.name, err)
+        return denied
+    ctx.db.set_aes_key(client.client_id, aes_key)
+    return ResponseCode.RECONNECTED, AesKeyResponse(client.client_id, wrapped).pack()
+
+
+def handle_send_file(ctx: RequestContext) -> Reply:
+    """1028: stream, decrypt, checksum and store a file; record it unverified."""
+    client = _registered_client(ctx)
+    assert client.aes_key is not None
+    head = SendFileHead.unpack(ctx.payload.read(SEND_FILE_HEAD.size), ctx.header.payload_size)
+    path_name = ctx.store.path_name(client.client_id, head.file_name)
+    ctx.store.check_free_space(head.content_size)
+    partial, fd = ctx.store.create_partial(client.client_id)
+    try:
+        with open(fd, "wb", buffering=0) as out:
+            checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
+        # Record first (unverified), then move into place: a crash in between
+        # leaves at worst an unverified record, never a verified stale file.
+        ctx.db.put_file(client.client_id, head.file_name, path_name)
+        ctx.store.commit_partial(partial, path_name)
+    except BaseException:
+        ctx.store.discard_partial(partial)
+        raise
+    response = FileReceivedResponse(client.client_id, head.content_size, head.file_name, checksum)
+    return ResponseCode.FILE_RECEIVED, response.pack()
+
+
+def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO) -> int:
+    """Decrypt `size` bytes of ciphertext from `payload` into `out`; return the cksum."""
+    decryptor = CbcDecryptor(key, CHUNK_SIZE)
+    checksum = Cksum()
+    buffer = memoryview(bytearray(CHUNK_SIZE))
+    remaining = size
+    while remaining:
+        chunk = buffer[: min(CHUNK_SIZE, remaining)]
+        payload.readinto(chunk)
+        remaining -= len(chunk)
+        decryptor.decrypt_into(chunk, chunk)
+        if not remaining:
+            try:
+                chunk = chunk[: len(chunk) - padding_length(chunk[-AES_BLOCK_SIZE:])]
+            except CryptoError as err:
+                raise MalformedPayload(str(err)) from err
+        checksum.update(chunk)
+        try:
+            out.write(chunk)  # unbuffered FileIO on a regular file writes it whole
+        except OSError as err:
+            raise StorageError(f"cannot write the file: {err.strerror}") from err
+    return checksum.value
+
+
+def handle_crc_ok(ctx: RequestContext) -> Reply:
+    """1029: the client's checksum matched: the file is verified."""
+    client = _registered_client(ctx)
+    request = FileNameRequest.unpack(ctx.payload.read_all())
+    if not ctx.db.set_verified(client.client_id, request.file_name):
+        raise MalformedPayload(f"1029 for unknown file {request.file_name!r}")
+    return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
+
+
+def handle_crc_retry(ctx: RequestContext) -> Reply:
+    """1030: the checksum did not match and the client resends. No response (§2, §7)."""
+    client = _registered_client(ctx)
+    request = FileNameRequest.unpack(ctx.payload.read_all())
+    log.info("client %s reports a checksum mismatch on %r, resending", client.name, request.file_name)
+    return None
+
+
+def handle_crc_abort(ctx: RequestContext) -> Reply:
+    """1031: the fourth mismatch; the transfer failed for good: forget the file.
+
+    Acknowledged even when no such file is stored (a transfer whose every
+    attempt was refused): the removal is idempotent, and the client wants 2104.
+    """
+    client = _registered_client(ctx)
+    request = FileNameRequest.unpack(ctx.payload.read_all())
+    record = ctx.db.get_file(client.client_id, request.file_name)
+    if record is not None:
+        ctx.db.delete_file(client.client_id, request.file_name)
+        ctx.store.remove(record.path_name)
+    return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
+
+
+HANDLERS: dict[RequestCode, Handler] = {
+    RequestCode.REGISTER: handle_register,
+    RequestCode.PUBLIC_KEY: handle_public_key,
+    RequestCode.RECONNECT: handle_reconnect,
+    RequestCode.SEND_FILE: handle_send_file,
+    RequestCode.CRC_OK: handle_crc_ok,
+    RequestCode.CRC_RETRY: handle_crc_retry,
+    RequestCode.CRC_ABORT: handle_crc_abort,
+}

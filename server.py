@@ -1,0 +1,282 @@
+"""The encrypted file-transfer server (PROTOCOL.md, version 3).
+
+Run it from the submission folder: `python server.py`. It listens on the port
+named in `port.info` beside this file (1357 if that is missing or invalid),
+keeps its clients in `defensive.db` and received files under `storage/`.
+
+This module is the shell: configuration, the threaded TCP server, and the
+per-connection loop that reads a request, dispatches it to handlers.py,
+writes the response, and is the connection's one error boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from database import DATABASE_FILE_NAME, Database, DatabaseError
+from handlers import HANDLERS, PayloadReader, PeerGone, RequestContext
+from protocol import (
+    MAX_CONTENT_SIZE_ON_WIRE,
+    MAX_DISCARDED_PAYLOAD,
+    REQUEST_HEADER,
+    FramingError,
+    ProtocolError,
+    RequestCode,
+    RequestHeader,
+    ResponseCode,
+    check_request_size,
+    pack_response,
+)
+from storage import FileStore
+
+log = logging.getLogger("server")
+
+SERVER_DIR = Path(__file__).resolve().parent
+PORT_FILE = SERVER_DIR / "port.info"
+DEFAULT_PORT = 1357
+DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent before it is closed
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    data_dir: Path
+    idle_timeout: float
+    max_file_size: int  # largest encrypted content accepted in one 1028
+
+
+class FileTransferServer(socketserver.ThreadingTCPServer):
+    # Handler threads must not keep the process alive on shutdown: a stalled
+    # peer is cut off by the idle timeout anyway, and its partial file removed.
+    daemon_threads = True
+    # Restarting right after a stop must not fail on the old socket's TIME_WAIT.
+    allow_reuse_address = True
+    # Room for a burst of connections at a submission deadline.
+    request_queue_size = 128
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.db = Database(config.data_dir / DATABASE_FILE_NAME)
+        self.store = FileStore(config.data_dir)
+        self._reconcile_storage()
+        super().__init__((config.host, config.port), ConnectionHandler)
+
+    def _reconcile_storage(self) -> None:
+        """Make the records and the storage folder agree after an unclean stop."""
+        missing = self.store.reconcile(self.db.path_names())
+        if missing:
+            log.warning("start-up: %d file records had no stored file; removed", len(missing))
+            self.db.delete_files_by_path(missing)
+        log.info("loaded %d registered clients from %s", self.db.count_clients(), self.db.path)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Anything that escapes a handler goes to the log, never as a bare traceback."""
+        log.exception("unhandled error on connection from %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.store.discard_all_partials()
+        self.db.close()
+
+
+class ConnectionHandler(socketserver.StreamRequestHandler):
+    """One client connection: requests one after another until the peer closes."""
+
+    server: FileTransferServer
+
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: a silent peer
+        # raises TimeoutError in a read instead of pinning this thread forever.
+        self.timeout = self.server.config.idle_timeout
+        super().setup()
+        self.peer = "%s:%d" % self.client_address[:2]
+
+    def handle(self) -> None:
+        log.debug("%s connected", self.peer)
+        try:
+            while self._serve_one_request():
+                pass
+        except (PeerGone, ConnectionError) as err:
+            log.info("%s went away: %s", self.peer, err)
+        except TimeoutError:
+            log.info("%s idle for %.0f s: closing", self.peer, self.server.config.idle_timeout)
+        except Exception:
+            log.exception("%s: unexpected error; closing the connection", self.peer)
+            self._send_quietly(pack_response(ResponseCode.GENERAL_ERROR))
+
+    def _serve_one_request(self) -> bool:
+        """Read, dispatch and answer one request. False when the connection should close."""
+        raw_header = self.rfile.read(REQUEST_HEADER.size)
+        if not raw_header:
+            log.debug("%s closed the connection", self.peer)
+            return False
+        started = time.monotonic()
+        try:
+            header = RequestHeader.unpack(raw_header)
+        except FramingError as err:
+            log.warning("%s: %s; closing", self.peer, err)
+            self._send_quietly(pack_response(err.response_code))
+            return False
+        payload = PayloadReader(self.rfile, header.payload_size)
+        outcome, keep_open = self._dispatch(header, payload)
+        log.info(
+            "%s client=%s code=%d -> %s bytes=%d %.1f ms",
+            self.peer,
+            header.client_id.hex(),
+            header.code,
+            outcome,
+            header.payload_size,
+            (time.monotonic() - started) * 1000,
+        )
+        return keep_open
+
+    def _dispatch(self, header: RequestHeader, payload: PayloadReader) -> tuple[str, bool]:
+        """Run the handler for `header`; answer it. Returns (outcome for the log, keep open)."""
+        context = RequestContext(header, payload, self.server.db, self.server.store)
+        try:
+            check_request_size(header, self.server.config.max_file_size)
+            if header.code != RequestCode.REGISTER:
+                self.server.db.touch(header.client_id)  # LastSeen, on every request (§2)
+            reply = HANDLERS[RequestCode(header.code)](context)
+        except (ProtocolError, DatabaseError) as err:
+            code = err.response_code if isinstance(err, ProtocolError) else ResponseCode.GENERAL_ERROR
+            closing = isinstance(err, ProtocolError) and err.closes_connection
+            closing = closing or payload.unread > MAX_DISCARDED_PAYLOAD
+            log.warning(
+                "%s client=%s code=%d refused: %s%s",
+                self.peer,
+                header.client_id.hex(),
+                header.code,
+                err,
+                "; closing" if closing else "",
+            )
+            if not closing:
+                payload.skip_rest()
+            self._send(pack_response(code))
+            return f"{code.value} ({type(err).__name__})", not closing
+        if reply is None:
+            return "no reply", True
+        code, body = reply
+        self._send(pack_response(code, body))
+        return str(code.value), True
+
+    def _send(self, response: bytes) -> None:
+        self.wfile.write(response)  # one write: header and payload together (§7)
+
+    def _send_quietly(self, response: bytes) -> None:
+        """Best-effort reply on a connection that is about to close."""
+        try:
+            self._send(response)
+        except OSError:
+            pass
+
+
+# --- start-up ---------------------------------------------------------------
+
+
+def read_port_file(path: Path = PORT_FILE) -> int:
+    """The port in `port.info`, or the default with a one-line warning (§5)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "unreadable"
+        log.warning("%s: %s; using the default port %d", path.name, reason, DEFAULT_PORT)
+        return DEFAULT_PORT
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        log.warning("%s: %r is not a port number; using the default port %d", path.name, text, DEFAULT_PORT)
+        return DEFAULT_PORT
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Encrypted file-transfer server (protocol version 3).",
+        epilog=f"Without --port, the port is read from {PORT_FILE.name} beside server.py "
+        f"(default {DEFAULT_PORT} if it is missing or invalid).",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--port", type=int, help=f"TCP port, 0 for any free port (default: from {PORT_FILE.name})")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=SERVER_DIR,
+        help=f"folder for {DATABASE_FILE_NAME} and storage/ (default: the folder of server.py)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"seconds a connection may stay silent (default: {DEFAULT_IDLE_TIMEOUT:.0f})",
+    )
+    parser.add_argument(
+        "--max-file-size",
+        type=int,
+        default=MAX_CONTENT_SIZE_ON_WIRE,
+        help="largest encrypted file accepted, in bytes (default: the protocol's limit, about 4 GiB)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: INFO)",
+    )
+    args = parser.parse_args(argv)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a port number")
+    if not 0 < args.max_file_size <= MAX_CONTENT_SIZE_ON_WIRE:
+        parser.error(f"--max-file-size must be 1..{MAX_CONTENT_SIZE_ON_WIRE}")
+    if args.idle_timeout <= 0:
+        parser.error("--idle-timeout must be positive")
+    return args
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds serve_forever() in the main thread, as Ctrl-C does
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    port = args.port if args.port is not None else read_port_file()
+    config = ServerConfig(
+        host=args.host,
+        port=port,
+        data_dir=args.data_dir.resolve(),
+        idle_timeout=args.idle_timeout,
+        max_file_size=args.max_file_size,
+    )
+    try:
+        server = FileTransferServer(config)
+    except (OSError, DatabaseError) as err:
+        log.error("cannot start: %s", err)
+        return 1
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    with server:
+        host, bound_port = server.server_address[:2]
+        log.info("listening on %s:%d (data in %s)", host, bound_port, config.data_dir)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            log.info("stopping")
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+// Unit tests of the client's pure logic: golden vectors typed from PROTOCOL.md, checked
+// against our encoders and decoders in both directions. No framework: CHECK records a failure
+// and the run goes on; the exit status is the number of failures (capped).
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <cryptopp/aes.h>
+#include <cryptopp/filters.h>
+#include <cryptopp/modes.h>
+#include <cryptopp/osrng.h>
+#include <cryptopp/rsa.h>
+
+#include "cksum.hpp"
+#include "crypto.hpp"
+#include "info_files.hpp"
+#include "protocol.hpp"
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define CHECK(condition)                                                                      \
+    do {                                                                                      \
+        ++g_checks;                                                                           \
+        if (!(condition)) {                                                                   \
+            ++g_failures;                                                                     \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #condition "\n"; \
+        }                                                                                     \
+    } while (false)
+
+// Checks that `body` throws an exception of type E whose message contains `fragment`.
+template <typename E>
+void check_throws(const char* file, int line, const std::function<void()>& body, const std::string& fragment) {
+    ++g_checks;
+    try {
+        body();
+    } catch (const E& error) {
+        if (std::string(error.what()).find(fragment) != std::string::npos) {
+            return;
+        }
+        std::cerr << file << ":" << line << ": message '" << error.what() << "' lacks '" << fragment << "'\n";
+        ++g_failures;
+        return;
+    } catch (const std::exception& error) {
+        std::cerr << file << ":" << line << ": wrong exception type: " << error.what() << "\n";
+        ++g_failures;
+        return;
+    }
+    std::cerr << file << ":" << line << ": no exception (expected one containing '" << fragment << "')\n";
+    ++g_failures;
+}
+#define CHECK_THROWS(E, body, fragment) check_throws<E>(__FILE__, __LINE__, [&] { body; }, fragment)
+
+using proto::Bytes;
+
+Bytes from_hex(const std::string& spaced) {
+    std::string hex;
+    std::copy_if(spaced.begin(), spaced.end(), std::back_inserter(hex), [](char c) { return c != ' '; });
+    Bytes out;
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+        out.push_back(static_cast<std::uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
+    }
+    return out;
+}
+
+std::string hex(const Bytes& bytes) { return proto::to_hex(bytes.data(), bytes.size()); }
+
+Bytes as_bytes(const std::string& text) { return Bytes(text.begin(), text.end()); }
+
+proto::ClientId counting_id() {
+    proto::ClientId id{};
+    for (std::size_t i = 0; i < id.size(); ++i) id[i] = static_cast<std::uint8_t>(i);
+    return id;
+}
+
+// A 255-byte field holding `text`, in hex.
+std::string name_field_hex(const std::string& text) {
+    return proto::to_hex(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()) +
+           std::string((255 - text.size()) * 2, '0');
+}
+
+// ---- cksum ------------------------------------------------------------------------------------
+
+void test_cksum_vectors() {
+    CHECK(cksum(nullptr, 0) == 4294967295u);
+    const Bytes a = as_bytes("a");
+    CHECK(cksum(a.data(), a.size()) == 1220704766u);
+    const Bytes digits = as_bytes("123456789");
+    CHECK(cksum(digits.data(), digits.size()) == 930766865u);
+    const Bytes zeros(100000, 0);
+    CHECK(cksum(zeros.data(), zeros.size()) == 1260869142u);
+}
+
+void test_cksum_chunking() {
+    Bytes data(10007);
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 131 + 7);
+    const std::uint32_t whole = cksum(data.data(), data.size());
+    for (std::size_t step : {1u, 3u, 7u, 8u, 9u, 64u, 4096u}) {
+        Cksum sum;
+        for (std::size_t at = 0; at < data.size(); at += step) {
+            sum.update(data.data() + at, std::min(step, data.size() - at));
+        }
+        CHECK(sum.value() == whole);
+    }
+}
+
+// ---- little-endian and request encoding -------------------------------------------------------
+
+void test_little_endian() {
+    Bytes out;
+    proto::put_le16(out, 0x0401);
+    proto::put_le32(out, 0x11223344);
+    CHECK(hex(out) == "010444332211");
+    CHECK(proto::get_le16(out.data()) == 0x0401);
+    CHECK(proto::get_le32(out.data() + 2) == 0x11223344u);
+    const Bytes high = from_hex("fe ff ff ff");
+    CHECK(proto::get_le32(high.data()) == 0xFFFFFFFEu);
+}
+
+void test_request_header_vector() {
+    Bytes out;
+    proto::put_request_header(out, {counting_id(), 3, proto::RequestCode::Register, 255});
+    CHECK(out.size() == proto::kRequestHeaderSize);
+    CHECK(hex(out) == "000102030405060708090a0b0c0d0e0f" "03" "0104" "ff000000");
+}
+
+void test_name_requests() {
+    const Bytes reg = proto::encode_name_request(counting_id(), proto::RequestCode::Register, "alice");
+    CHECK(reg.size() == 23 + 255);
+    CHECK(hex(reg) == "000102030405060708090a0b0c0d0e0f" "03" "0104" "ff000000" + name_field_hex("alice"));
+    const Bytes crc_failed = proto::encode_name_request(counting_id(), proto::RequestCode::CrcFailedResending, "x");
+    CHECK(hex(Bytes(crc_failed.begin() + 16, crc_failed.begin() + 23)) == "03" "0604" "ff000000");  // 1030
+
+    const std::string longest(254, 'n');
+    CHECK(proto::encode_name_request({}, proto::RequestCode::Reconnect, longest).size() == 278);
+    CHECK_THROWS(proto::EncodeError, proto::encode_name_request({}, proto::RequestCode::Reconnect, longest + "n"),
+                 "at most 254");
+    CHECK_THROWS(proto::EncodeError,
+                 proto::encode_name_request({}, proto::RequestCode::Reconnect, std::string("a\0b", 3)), "NUL");
+}
+
+void test_public_key_request() {
+    const Bytes key(160, 0xAB);
+    const Bytes request = proto::encode_public_key_request(counting_id(), "bob", key);
+    CHECK(request.size() == 23 + 415);
+    CHECK(hex(Bytes(request.begin() + 16, request.begin() + 23)) == "03" "0204" "9f010000");  // 1026, 415
+    CHECK(Bytes(request.end() - 160, request.end()) == key);
+    CHECK_THROWS(proto::EncodeError, proto::encode_public_key_request(counting_id(), "bob", Bytes(162, 1)),
+                 "exactly 160");
+}
+
+void test_send_file_prefix() {
+    // Content size 32 -> payload 259 + 32 = 291 = 0x123.
+    const Bytes prefix = proto::encode_send_file_prefix(counting_id(), 32, "dir/a b.txt");
+    CHECK(prefix.size() == 23 + 4 + 255);
+    CHECK(hex(prefix) == "000102030405060708090a0b0c0d0e0f" "03" "0404" "23010000" "20000000" +
+                             name_field_hex("dir/a b.txt"));
+    CHECK_THROWS(proto::EncodeError, proto::encode_send_file_prefix(counting_id(), 0, "a"), "multiple of 16");
+    CHECK_THROWS(proto::EncodeError, proto::encode_send_file_prefix(counting_id(), 17, "a"), "multiple of 16");
+    CHECK_THROWS(proto::EncodeError, proto::encode_send_file_prefix(counting_id(), 0xFFFFFFF0u, "a"),
+                 "does not fit");
+}
+
+void test_encrypted_size() {
+    // 1028 payload size = 259 + ((n / 16) + 1) * 16.
+    CHECK(proto::encrypted_size(0) == 16);
+    CHECK(proto::encrypted_size(15) == 16);
+    CHECK(proto::encrypted_size(16) == 32);
+    CHECK(proto::encrypted_size(5000000) == 5000016);
+    CHECK(proto::kMaxPlainFileSize == 4294967023ull);
+    CHECK(proto::encrypted_size(proto::kMaxPlainFileSize) + 259 <= 0xFFFFFFFFull);
+}
+
+// ---- responses ----------------------------------------------------------------------------------
+
+void test_response_header_decoding() {
+    const Bytes header = from_hex("03 3408 10000000");  // version 3, 2100, 16
+    const proto::ResponseHeader decoded = proto::decode_response_header(header.data());
+    CHECK(decoded.version == 3);
+    CHECK(decoded.code == 2100);
+    CHECK(decoded.payload_size == 16);
+    proto::validate_response_header(decoded);
+
+    const auto validate = [](const std::string& hex_header) {
+        const Bytes bytes = from_hex(hex_header);
+        proto::validate_response_header(proto::decode_response_header(bytes.data()));
+    };
+    validate("03 3b08 00000000");  // 2107, empty
+    validate("03 3708 17010000");  // 2103, 279
+    validate("03 3608 90000000");  // 2102, 144
+    CHECK_THROWS(proto::ProtocolError, validate("02 3408 10000000"), "version 2");
+    CHECK_THROWS(proto::ProtocolError, validate("03 3c08 00000000"), "unknown response code 2108");
+    CHECK_THROWS(proto::ProtocolError, validate("03 3408 11000000"), "expected 16");
+    CHECK_THROWS(proto::ProtocolError, validate("03 3b08 ffffffff"), "expected 0");
+    CHECK_THROWS(proto::ProtocolError, validate("03 3608 80000000"), "expected 144");
+}
+
+void test_response_payloads() {
+    const Bytes id_payload = from_hex("000102030405060708090a0b0c0d0e0f");
+    CHECK(proto::decode_client_id_payload(id_payload) == counting_id());
+    CHECK_THROWS(proto::ProtocolError, proto::decode_client_id_payload(Bytes(15)), "expected 16");
+
+    Bytes aes = id_payload;
+    aes.insert(aes.end(), 128, 0x5A);
+    const proto::AesKeyPayload key = proto::decode_aes_key_payload(aes);
+    CHECK(key.client_id == counting_id());
+    CHECK(key.encrypted_key[0] == 0x5A && key.encrypted_key[127] == 0x5A);
+
+    // 2103: id, content size 32, name "a.txt", cksum 0x01020304.
+    const Bytes received =
+        from_hex("000102030405060708090a0b0c0d0e0f" "20000000" + name_field_hex("a.txt") + "04030201");
+    const proto::FileReceivedPayload file = proto::decode_file_received_payload(received);
+    CHECK(file.client_id == counting_id());
+    CHECK(file.content_size == 32);
+    CHECK(file.file_name == "a.txt");
+    CHECK(file.cksum == 0x01020304u);
+
+    Bytes garbage_after_nul = received;
+    garbage_after_nul[16 + 4 + 6] = 'Z';  // after "a.txt\0": ignored
+    CHECK(proto::decode_file_received_payload(garbage_after_nul).file_name == "a.txt");
+    Bytes no_nul = received;
+    std::fill(no_nul.begin() + 20, no_nul.begin() + 20 + 255, 'x');
+    CHECK_THROWS(proto::ProtocolError, proto::decode_file_received_payload(no_nul), "no NUL");
+    CHECK_THROWS(proto::ProtocolError, proto::decode_file_received_payload(Bytes(received.begin(), received.end() - 1)),
+                 "expected 279");
+}
+
+void test_client_id_hex() {
+    CHECK(proto::client_id_to_hex(counting_id()) == "000102030405060708090a0b0c0d0e0f");
+    CHECK(proto::client_id_from_hex("000102030405060708090A0B0C0D0E0F") == counting_id());
+    CHECK(!proto::client_id_from_hex("000102030405060708090a0b0c0d0e0"));
+    CHECK(!proto::client_id_from_hex("000102030405060708090a0b0c0d0e0g"));
+    CHECK(!proto::client_id_from_hex("000102030405060708090a0b0c0d0e0f00"));
+}
+
+// ---- crypto ------------------------------------------------------------------------------------
+
+crypto::AesKey counting_key() {
+    crypto::AesKey key{};
+    for (std::size_t i = 0; i < key.size(); ++i) key[i] = static_cast<std::uint8_t>(i);
+    return key;
+}
+
+Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step) {
+    crypto::AesCbcEncryptor encryptor(counting_key());
+    Bytes out;
+    for (std::size_t at = 0; at < plain.size(); at += step) {
+        encryptor.update(plain.data() + at, std::min(step, plain.size() - at), out);
+    }
+    encryptor.finish(out);
+    return out;
+}
+
+void test_aes_vectors() {
+    // Computed independently (pycryptodome, AES-128-CBC, key 00..0f, zero IV, PKCS#7).
+    CHECK(hex(encrypt_in_chunks({}, 1)) == "954f64f2e4e86e9eee82d20216684899");
+    CHECK(hex(encrypt_in_chunks(as_bytes("a"), 1)) == "fe123486508b0eb503a8468388ef5812");
+    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdef"), 5)) ==
+          "281567ab2f4cf0d73d3198225b8b83938e0d4fe286966ba47afeab038d2e3acc");
+    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdefg"), 16)) ==
+          "281567ab2f4cf0d73d3198225b8b83938fdfbeab543be7f891a15aad9d71ff66");
+}
+
+void test_aes_matches_crypto_filter() {
+    // Our streaming encryptor against Crypto++'s own one-shot filter with PKCS padding.
+    const crypto::AesKey key = counting_key();
+    const std::uint8_t iv[16] = {};
+    for (std::size_t size : {0u, 1u, 15u, 16u, 17u, 31u, 65536u + 5u}) {
+        Bytes plain(size);
+        for (std::size_t i = 0; i < size; ++i) plain[i] = static_cast<std::uint8_t>(i * 7 + size);
+        std::string expected;
+        CryptoPP::CBC_Mode<CryptoPP::AES>::Encryption reference;
+        reference.SetKeyWithIV(key.data(), key.size(), iv, sizeof iv);
+        CryptoPP::StringSource(plain.data(), plain.size(), true,
+                               new CryptoPP::StreamTransformationFilter(reference, new CryptoPP::StringSink(expected)));
+        for (std::size_t step : {1u, 7u, 16u, 1000u, 65536u}) {
+            const Bytes ours = encrypt_in_chunks(plain, step);
+            CHECK(ours.size() == proto::encrypted_size(size));
+            CHECK(std::string(ours.begin(), ours.end()) == expected);
+        }
+    }
+}
+
+void test_rsa_roundtrip() {
+    const crypto::RsaPrivateKey key = crypto::RsaPrivateKey::generate();
+    const Bytes der = key.public_key_der();
+    CHECK(der.size() == 160);
+    const std::string base64 = key.save_base64();
+    CHECK(base64.find('\n') == 72);  // Crypto++'s Base64Encoder: lines of 72
+    CHECK(base64.back() == '\n');
+
+    const crypto::RsaPrivateKey loaded = crypto::RsaPrivateKey::load_base64(base64);
+    CHECK(loaded.public_key_der() == der);
+
+    // Wrap a key the way the server does (RSA-OAEP SHA-1) and unwrap it.
+    CryptoPP::AutoSeededRandomPool rng;
+    CryptoPP::RSA::PublicKey public_key;
+    CryptoPP::StringSource der_source(der.data(), der.size(), true);
+    public_key.Load(der_source);
+    CHECK(public_key.GetPublicExponent() == CryptoPP::Integer(17));
+    const CryptoPP::RSAES_OAEP_SHA_Encryptor encryptor(public_key);
+    const crypto::AesKey aes = counting_key();
+    Bytes wrapped(encryptor.CiphertextLength(aes.size()));
+    encryptor.Encrypt(rng, aes.data(), aes.size(), wrapped.data());
+    CHECK(wrapped.size() == 128);
+    CHECK(loaded.unwrap_aes_key(wrapped.data(), wrapped.size()) == aes);
+
+    Bytes tampered = wrapped;
+    tampered[50] ^= 0x01;
+    CHECK_THROWS(crypto::CryptoError, loaded.unwrap_aes_key(tampered.data(), tampered.size()), "does not decrypt");
+    CHECK_THROWS(crypto::CryptoError, loaded.unwrap_aes_key(wrapped.data(), 127), "expected 128");
+    Bytes long_message(20, 1);
+    Bytes wrapped_long(encryptor.CiphertextLength(long_message.size()));
+    encryptor.Encrypt(rng, long_message.data(), long_message.size(), wrapped_long.data());
+    CHECK_THROWS(crypto::CryptoError, loaded.unwrap_aes_key(wrapped_long.data(), wrapped_long.size()), "expected 16");
+
+    CHECK_THROWS(crypto::CryptoError, crypto::RsaPrivateKey::load_base64("AAAA\n"), "");
+    CHECK_THROWS(crypto::CryptoError, crypto::RsaPrivateKey::load_base64(base64.substr(0, 100)), "");
+}
+
+// ---- info files -------------------------------------------------------------------------------
+
+void test_transfer_info_ok() {
+    const info::TransferInfo parsed = info::parse_transfer_info("127.0.0.1:1234\nMichael Jackson\nnew folder/a b.bin\n");
+    CHECK(parsed.host == "127.0.0.1");
+    CHECK(parsed.port == 1234);
+    CHECK(parsed.client_name == "Michael Jackson");
+    CHECK(parsed.file_path == "new folder/a b.bin");
+
+    const info::TransferInfo crlf = info::parse_transfer_info("localhost:65535\r\nbob\r\nC:\\files\\x.bin\r\n\r\n");
+    CHECK(crlf.host == "localhost");
+    CHECK(crlf.port == 65535);
+    CHECK(crlf.client_name == "bob");
+    CHECK(crlf.file_path == "C:\\files\\x.bin");
+
+    const info::TransferInfo v6 = info::parse_transfer_info("[::1]:1\nbob\nx");  // no final newline
+    CHECK(v6.host == "::1");
+    CHECK(v6.port == 1);
+    CHECK(v6.file_path == "x");
+    CHECK(info::parse_transfer_info("h:1\n" + std::string(100, 'n') + "\nx\n").client_name.size() == 100);
+}
+
+void test_transfer_info_errors() {
+    using info::InfoFileError;
+    using info::parse_transfer_info;
+    CHECK_THROWS(InfoFileError, parse_transfer_info(""), "expected 3 lines");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("127.0.0.1:1234\nbob\n"), "found 2");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("127.0.0.1\nbob\nx\n"), "line 1: expected host:port");
+    CHECK_THROWS(InfoFileError, parse_transfer_info(":1234\nbob\nx\n"), "line 1: missing or invalid host");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:0\nbob\nx\n"), "out of range");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:65536\nbob\nx\n"), "out of range");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:123456\nbob\nx\n"), "not a number");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:12a\nbob\nx\n"), "not a number");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:-1\nbob\nx\n"), "not a number");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:\nbob\nx\n"), "not a number");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\n\nx\n"), "line 2: the client name is empty");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\n" + std::string(101, 'n') + "\nx\n"), "at most 100");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nb\tob\nx\n"), "printable ASCII");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n\n"), "found 2");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n" + std::string(255, 'p') + "\n"), "at most 254");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\ny\n"), "line 4");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\xC3\xA9\n"), "line 3");
+    CHECK(parse_transfer_info("h:1\nbob\n" + std::string(254, 'p') + "\n").file_path.size() == 254);
+}
+
+void test_me_info() {
+    const crypto::RsaPrivateKey key = crypto::RsaPrivateKey::generate();
+    const std::string base64 = key.save_base64();
+    const info::MeInfo me{"alice", counting_id(), base64};
+    const std::string text = info::format_me_info(me);
+    CHECK(text.rfind("alice\n000102030405060708090a0b0c0d0e0f\n", 0) == 0);
+    CHECK(std::count(text.begin(), text.end(), '\n') >= 5);  // a multi-line key
+
+    const info::MeInfo parsed = info::parse_me_info(text);
+    CHECK(parsed.client_name == "alice");
+    CHECK(parsed.client_id == counting_id());
+    CHECK(parsed.private_key_base64 == base64);
+    CHECK(crypto::RsaPrivateKey::load_base64(parsed.private_key_base64).public_key_der() == key.public_key_der());
+
+    std::string crlf;
+    for (char c : text) {
+        if (c == '\n') crlf += '\r';
+        crlf += c;
+    }
+    const info::MeInfo parsed_crlf = info::parse_me_info(crlf);
+    CHECK(parsed_crlf.client_id == counting_id());
+    CHECK(crypto::RsaPrivateKey::load_base64(parsed_crlf.private_key_base64).public_key_der() == key.public_key_der());
+
+    using info::InfoFileError;
+    using info::parse_me_info;
+    CHECK_THROWS(InfoFileError, parse_me_info("alice\n000102030405060708090a0b0c0d0e0f\n"), "3 or more lines");
+    CHECK_THROWS(InfoFileError, parse_me_info("alice\n0001020304050607\nAAAA\n"), "line 2");
+    CHECK_THROWS(InfoFileError, parse_me_info("alice\nzz0102030405060708090a0b0c0d0e0f\nAAAA\n"), "line 2");
+    CHECK_THROWS(InfoFileError, parse_me_info("alice\n000102030405060708090a0b0c0d0e0f\nAAAA\nAA*A\n"),
+                 "line 4: not Base64");
+    CHECK_THROWS(InfoFileError, parse_me_info("\n000102030405060708090a0b0c0d0e0f\nAAAA\n"), "line 1");
+}
+
+}  // namespace
+
+int main() {
+    const std::vector<std::pair<const char*, void (*)()>> tests = {
+        {"cksum vectors", test_cksum_vectors},
+        {"cksum chunking", test_cksum_chunking},
+        {"little endian", test_little_endian},
+        {"request header vector", test_request_header_vector},
+        {"name requests", test_name_requests},
+        {"public key request", test_public_key_request},
+        {"send file prefix", test_send_file_prefix},
+        {"encrypted size", test_encrypted_size},
+        {"response header decoding", test_response_header_decoding},
+        {"response payloads", test_response_payloads},
+        {"client id hex", test_client_id_hex},
+        {"aes vectors", test_aes_vectors},
+        {"aes matches crypto++ filter", test_aes_matches_crypto_filter},
+        {"rsa roundtrip", test_rsa_roundtrip},
+        {"transfer.info ok", test_transfer_info_ok},
+        {"transfer.info errors", test_transfer_info_errors},
+        {"me.info", test_me_info},
+    };
+    int failed_tests = 0;
+    for (const auto& [name, test] : tests) {
+        const int before = g_failures;
+        try {
+            test();
+        } catch (const std::exception& error) {
+            ++g_failures;
+            std::cerr << name << ": unexpected exception: " << error.what() << "\n";
+        }
+        const bool ok = g_failures == before;
+        failed_tests += ok ? 0 : 1;
+        std::cout << (ok ? "ok   " : "FAIL ") << name << "\n";
+    }
+    std::cout << g_checks << " checks, " << g_failures << " failed\n";
+    std::cout << tests.size() - static_cast<std::size_t>(failed_tests) << " passed, " << failed_tests << " failed\n";
+    return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,129 @@
+"""crypto_utils.py: the cksum vectors of PROTOCOL.md §4, the cksum command, CBC against pycryptodome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from Crypto.Cipher import AES
+from Crypto.Util.Padding import pad
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto_utils import (
+    CbcDecryptor,
+    Cksum,
+    CryptoError,
+    cksum,
+    encrypt,
+    export_public_key,
+    generate_rsa_key,
+    import_public_key,
+    padding_length,
+    unwrap_aes_key,
+    wrap_aes_key,
+)
+
+KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+RSA_KEY = generate_rsa_key()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [(b"", 4294967295), (b"a", 1220704766), (b"123456789", 930766865), (bytes(100000), 1260869142)],
+)
+def test_cksum_vectors(data: bytes, expected: int) -> None:
+    assert cksum(data) == expected
+
+
+def test_cksum_is_not_zlib_crc32() -> None:
+    import zlib
+
+    assert cksum(b"123456789") != zlib.crc32(b"123456789")
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65536, 1_000_003])
+def test_cksum_matches_the_cksum_command(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "random.bin"
+    path.write_bytes(data)
+    output = subprocess.run(["cksum", str(path)], capture_output=True, text=True, check=True).stdout
+    assert cksum(data) == int(output.split()[0])
+
+
+@given(st.binary(max_size=5000), st.lists(st.integers(0, 5000), max_size=5))
+def test_cksum_in_pieces_equals_cksum_whole(data: bytes, cuts: list[int]) -> None:
+    checksum = Cksum()
+    previous = 0
+    for cut in sorted(min(c, len(data)) for c in cuts) + [len(data)]:
+        checksum.update(memoryview(data)[previous:cut])
+        previous = cut
+    assert checksum.value == cksum(data)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=4096).map(lambda b: b[: len(b) - len(b) % 16]), st.sampled_from([16, 48, 1024]))
+def test_streaming_decryptor_equals_pycryptodome_cbc(ciphertext: bytes, chunk: int) -> None:
+    expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).decrypt(ciphertext)
+    decryptor = CbcDecryptor(KEY, chunk)
+    buffer = bytearray(ciphertext)
+    view = memoryview(buffer)
+    for start in range(0, len(buffer), chunk):
+        piece = view[start : start + chunk]
+        decryptor.decrypt_into(piece, piece)  # in place, as the server does
+    assert bytes(buffer) == expected
+
+
+@given(st.binary(max_size=3000))
+def test_encrypt_equals_pycryptodome_cbc_with_pkcs7(plaintext: bytes) -> None:
+    expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).encrypt(pad(plaintext, 16))
+    assert encrypt(KEY, plaintext) == expected
+
+
+def test_known_answer_aes128_cbc_zero_iv() -> None:
+    # FIPS-197 appendix C.1: AES-128 of 00112233...eeff under key 000102...0f;
+    # with a zero IV the first CBC block is the same.
+    plaintext = bytes.fromhex("00112233445566778899aabbccddeeff")
+    assert encrypt(KEY, plaintext)[:16] == bytes.fromhex("69c4e0d86a7b0430d8cdb78070b4c55a")
+
+
+@pytest.mark.parametrize("pad_byte", [0, 17, 255])
+def test_padding_out_of_range_is_refused(pad_byte: int) -> None:
+    with pytest.raises(CryptoError):
+        padding_length(bytes(15) + bytes([pad_byte]))
+
+
+def test_inconsistent_padding_is_refused() -> None:
+    with pytest.raises(CryptoError):
+        padding_length(bytes(12) + b"\x03\x04\x04\x04")
+
+
+def test_valid_padding() -> None:
+    assert padding_length(bytes(12) + b"\x04" * 4) == 4
+    assert padding_length(b"\x10" * 16) == 16
+
+
+def test_public_key_is_160_bytes_with_e_17() -> None:
+    der = export_public_key(RSA_KEY)
+    assert len(der) == 160
+    assert import_public_key(der).e == 17
+
+
+def test_key_wrap_round_trip() -> None:
+    aes_key = os.urandom(16)
+    wrapped = wrap_aes_key(export_public_key(RSA_KEY), aes_key)
+    assert len(wrapped) == 128
+    assert unwrap_aes_key(RSA_KEY, wrapped) == aes_key
+
+
+@pytest.mark.parametrize("der", [b"", bytes(160), b"\x30" + bytes(159)])
+def test_garbage_public_keys_are_refused(der: bytes) -> None:
+    with pytest.raises(CryptoError):
+        import_public_key(der)
+
+
+def test_a_private_key_in_the_public_key_field_is_refused() -> None:
+    with pytest.raises(CryptoError):
+        import_public_key(RSA_KEY.export_key("DER"))

@@ -1,0 +1,257 @@
+"""protocol.py against vectors typed from PROTOCOL.md, both directions, plus properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import protocol
+from protocol import (
+    AesKeyResponse,
+    ClientIdResponse,
+    FileNameRequest,
+    FileReceivedResponse,
+    FramingError,
+    MalformedPayload,
+    NameRequest,
+    ProtocolError,
+    PublicKeyRequest,
+    RequestCode,
+    RequestHeader,
+    ResponseCode,
+    ResponseHeader,
+    SendFileHead,
+    check_request_size,
+    decode_name,
+    encode_name,
+    encrypted_size,
+    pack_response,
+)
+
+CLIENT_ID = bytes(range(16))
+
+
+def name_field(text: bytes) -> bytes:
+    return text + bytes(255 - len(text))
+
+
+def test_struct_sizes_match_the_protocol() -> None:
+    assert protocol.REQUEST_HEADER.size == 23
+    assert protocol.RESPONSE_HEADER.size == 7
+    assert protocol.SEND_FILE_HEAD.size == 259
+    assert protocol.FILE_RECEIVED.size == 279
+    assert protocol.FIXED_REQUEST_PAYLOAD_SIZES[RequestCode.PUBLIC_KEY] == 415
+    assert protocol.RESPONSE_PAYLOAD_SIZES == {
+        ResponseCode.REGISTERED: 16,
+        ResponseCode.REGISTRATION_FAILED: 0,
+        ResponseCode.AES_KEY: 144,
+        ResponseCode.FILE_RECEIVED: 279,
+        ResponseCode.ACK: 16,
+        ResponseCode.RECONNECTED: 144,
+        ResponseCode.RECONNECT_DENIED: 16,
+        ResponseCode.GENERAL_ERROR: 0,
+    }
+
+
+# Request header: client id 00..0f, version 3, code 1025 (0x0401), payload 255 (0xff).
+REGISTER_HEADER_HEX = "000102030405060708090a0b0c0d0e0f" "03" "0104" "ff000000"
+
+
+def test_request_header_vector() -> None:
+    header = RequestHeader(CLIENT_ID, 3, 1025, 255)
+    assert header.pack() == bytes.fromhex(REGISTER_HEADER_HEX)
+    assert RequestHeader.unpack(bytes.fromhex(REGISTER_HEADER_HEX)) == header
+
+
+def test_request_header_of_a_large_file_vector() -> None:
+    # 1028 (0x0404) with payload 275 = 259 + one block (0x113, little-endian 13 01 00 00).
+    raw = bytes.fromhex("ff" * 16 + "03" + "0404" + "13010000")
+    assert RequestHeader.unpack(raw) == RequestHeader(b"\xff" * 16, 3, 1028, 275)
+
+
+@pytest.mark.parametrize(
+    ("code", "payload_hex", "raw_hex"),
+    [
+        (ResponseCode.REGISTERED, CLIENT_ID.hex(), "03" "3408" "10000000" + CLIENT_ID.hex()),
+        (ResponseCode.REGISTRATION_FAILED, "", "03" "3508" "00000000"),
+        (ResponseCode.ACK, CLIENT_ID.hex(), "03" "3808" "10000000" + CLIENT_ID.hex()),
+        (ResponseCode.RECONNECT_DENIED, CLIENT_ID.hex(), "03" "3a08" "10000000" + CLIENT_ID.hex()),
+        (ResponseCode.GENERAL_ERROR, "", "03" "3b08" "00000000"),
+    ],
+)
+def test_response_vectors(code: ResponseCode, payload_hex: str, raw_hex: str) -> None:
+    raw = bytes.fromhex(raw_hex)
+    assert pack_response(code, bytes.fromhex(payload_hex)) == raw
+    header = ResponseHeader.unpack(raw[:7])
+    assert (header.version, header.code, header.payload_size) == (3, code, len(payload_hex) // 2)
+
+
+def test_file_received_vector() -> None:
+    raw = (
+        CLIENT_ID
+        + bytes.fromhex("20000000")  # content size 32
+        + name_field(b"a.txt")
+        + bytes.fromhex("fe79c248")  # cksum 1220704766 = 0x48c279fe
+    )
+    response = FileReceivedResponse(CLIENT_ID, 32, "a.txt", 1220704766)
+    assert response.pack() == raw
+    assert FileReceivedResponse.unpack(raw) == response
+    assert pack_response(ResponseCode.FILE_RECEIVED, raw)[:7] == bytes.fromhex("03" "3708" "17010000")
+
+
+def test_aes_key_response_vector() -> None:
+    wrapped = bytes(range(128))
+    response = AesKeyResponse(CLIENT_ID, wrapped)
+    assert response.pack() == CLIENT_ID + wrapped
+    assert AesKeyResponse.unpack(CLIENT_ID + wrapped) == response
+
+
+def test_send_file_head_vector() -> None:
+    raw = bytes.fromhex("30000000") + name_field(b"C:\\Users\\me\\file.bin")
+    head = SendFileHead.unpack(raw, payload_size=259 + 48)
+    assert head == SendFileHead(48, "C:\\Users\\me\\file.bin")
+    assert head.pack() == raw
+
+
+def test_send_file_head_must_agree_with_the_header() -> None:
+    raw = bytes.fromhex("30000000") + name_field(b"x")
+    with pytest.raises(FramingError):
+        SendFileHead.unpack(raw, payload_size=259 + 64)
+
+
+def test_send_file_content_must_be_whole_blocks() -> None:
+    raw = bytes.fromhex("11000000") + name_field(b"x")
+    with pytest.raises(FramingError):
+        SendFileHead.unpack(raw, payload_size=259 + 17)
+
+
+def test_public_key_request_layout() -> None:
+    key = bytes(range(160))
+    raw = name_field(b"alice") + key
+    assert PublicKeyRequest.unpack(raw) == PublicKeyRequest("alice", key)
+    assert PublicKeyRequest("alice", key).pack() == raw
+
+
+def test_name_is_read_up_to_the_first_nul_and_garbage_after_it_is_ignored() -> None:
+    field = b"alice\0garbage" + b"\xff" * (255 - 13)
+    assert decode_name(field) == "alice"
+    assert NameRequest.unpack(field) == NameRequest("alice")
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        (b"a" * 255, "no NUL"),
+        (bytes(255), "empty"),
+        (name_field(b"caf\xc3\xa9"), "not ASCII"),
+        (name_field(b"a\nb"), "control character"),
+        (name_field(b"a")[:254], "short field"),
+    ],
+)
+def test_bad_name_fields_are_refused(field: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPayload):
+        decode_name(field)
+
+
+def test_encode_name_limits() -> None:
+    assert encode_name("x" * 254) == b"x" * 254 + b"\0"
+    with pytest.raises(ValueError, match="254"):
+        encode_name("x" * 255)
+    with pytest.raises(ValueError, match="ASCII"):
+        encode_name("é")
+
+
+def test_encrypted_size_always_pads() -> None:
+    assert [encrypted_size(n) for n in (0, 1, 15, 16, 17, 32)] == [16, 16, 16, 32, 32, 48]
+
+
+@pytest.mark.parametrize(
+    ("code", "size", "error"),
+    [
+        (1025, 254, MalformedPayload),
+        (1025, 2**32 - 1, MalformedPayload),  # the caller closes: too large to skip
+        (1026, 255, MalformedPayload),
+        (9999, 0, MalformedPayload),
+        (1028, 259, MalformedPayload),  # no content: PKCS#7 always adds a block
+        (1028, 259 + 16 * 1024 + 16, MalformedPayload),  # over the configured maximum
+    ],
+)
+def test_declared_sizes_are_checked_before_reading(code: int, size: int, error: type[ProtocolError]) -> None:
+    with pytest.raises(error):
+        check_request_size(RequestHeader(CLIENT_ID, 3, code, size), max_content_size=16 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("code", "size"), [(1025, 255), (1026, 415), (1027, 255), (1029, 255), (1030, 255), (1031, 255), (1028, 275)]
+)
+def test_correct_sizes_pass(code: int, size: int) -> None:
+    check_request_size(RequestHeader(CLIENT_ID, 3, code, size), max_content_size=16 * 1024)
+
+
+def test_every_request_code_has_a_size_rule() -> None:
+    assert set(protocol.FIXED_REQUEST_PAYLOAD_SIZES) | {RequestCode.SEND_FILE} == set(RequestCode)
+
+
+# --- properties -------------------------------------------------------------
+
+names = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=254)
+client_ids = st.binary(min_size=16, max_size=16)
+
+
+@given(client_ids, st.integers(0, 255), st.integers(0, 65535), st.integers(0, 2**32 - 1))
+def test_request_header_round_trip(client_id: bytes, version: int, code: int, size: int) -> None:
+    header = RequestHeader(client_id, version, code, size)
+    assert RequestHeader.unpack(header.pack()) == header
+
+
+@given(names)
+def test_name_round_trip(name: str) -> None:
+    assert NameRequest.unpack(NameRequest(name).pack()) == NameRequest(name)
+    assert FileNameRequest.unpack(FileNameRequest(name).pack()) == FileNameRequest(name)
+
+
+@given(client_ids, st.integers(0, 2**32 - 1), names, st.integers(0, 2**32 - 1))
+def test_file_received_round_trip(client_id: bytes, size: int, name: str, checksum: int) -> None:
+    response = FileReceivedResponse(client_id, size, name, checksum)
+    assert FileReceivedResponse.unpack(response.pack()) == response
+
+
+@given(client_ids)
+def test_client_id_round_trip(client_id: bytes) -> None:
+    assert ClientIdResponse.unpack(ClientIdResponse(client_id).pack()).client_id == client_id
+
+
+DECODERS = [
+    NameRequest.unpack,
+    FileNameRequest.unpack,
+    PublicKeyRequest.unpack,
+    ClientIdResponse.unpack,
+    AesKeyResponse.unpack,
+    FileReceivedResponse.unpack,
+    RequestHeader.unpack,
+    ResponseHeader.unpack,
+    lambda data: SendFileHead.unpack(data, len(data) + 16),
+]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@given(data=st.binary(max_size=600))
+def test_random_bytes_decode_or_raise_the_protocol_error(decoder: object, data: bytes) -> None:
+    assert callable(decoder)
+    try:
+        decoder(data)
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@given(data=st.data())
+def test_valid_lengths_with_random_content_decode_or_raise(decoder: object, data: st.DataObject) -> None:
+    """Random bytes of exactly the right length reach the field checks, not only the length check."""
+    assert callable(decoder)
+    size = data.draw(st.sampled_from([7, 16, 23, 144, 255, 259, 279, 415]))
+    try:
+        decoder(data.draw(st.binary(min_size=size, max_size=size)))
+    except ProtocolError:
+        pass

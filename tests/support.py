@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from protocol import (
     REQUEST_HEADER,
@@ -57,6 +58,7 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    _pump: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "server.log"
@@ -84,14 +86,12 @@ class ServerProcess:
         ]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.process.stderr is not None
-        log = self.log_path.open("ab")
         found = threading.Event()
 
-        def pump() -> None:
+        def pump(stream: IO[bytes], log: IO[bytes]) -> None:
             """Copy the server's stderr to the log; note the port when it is announced."""
-            assert self.process is not None and self.process.stderr is not None
-            with log:
-                for line in self.process.stderr:
+            with stream, log:
+                for line in stream:
                     log.write(line)
                     log.flush()
                     match = LISTENING_LINE.search(line.decode("utf-8", "replace"))
@@ -100,7 +100,10 @@ class ServerProcess:
                         found.set()
             found.set()  # the server exited: stop waiting
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(
+            target=pump, args=(self.process.stderr, self.log_path.open("ab")), daemon=True
+        )
+        self._pump.start()
         if not found.wait(START_TIMEOUT) or self.process.poll() is not None:
             self.stop()
             raise ServerStartError(f"server did not start:\n{self.log_text()}")
@@ -140,13 +143,16 @@ class ServerProcess:
                 self.process.wait()
         status = self.process.returncode
         self.process = None
+        if self._pump is not None:
+            self._pump.join()
+            self._pump = None
         return status
 
     def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind in the server."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
-            self.process = None
+        self.stop()
 
     def restart(self) -> None:
         self.stop()
@@ -245,6 +251,10 @@ class RawConnection:
         payload = self._read(header.payload_size)
         assert len(payload) == header.payload_size, "connection closed inside a response payload"
         return RawResponse(header.version, header.code, payload)
+
+    def rest_until_closed(self) -> bytes:
+        """Everything the server sends until it closes the connection."""
+        return self._read(1 << 20)
 
     def is_closed(self) -> bool:
         """True when the server has closed its side (and sent nothing more)."""

@@ -1,0 +1,416 @@
+"""End to end: the C++ client in client/ against the server, run as a user runs it.
+
+The client is built with CMake twice per session: a plain (Release) build in build/client and
+an AddressSanitizer + UndefinedBehaviorSanitizer build in build/client-asan; every test runs
+against both. Each run is a subprocess in a temporary working folder holding transfer.info,
+and the results are read back from the server's database and storage (PROTOCOL.md §5).
+
+Without g++, cmake, Crypto++ or Boost headers the tests are skipped, naming the packages;
+under CI (env CI set) they fail instead, since CI installs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from Crypto.PublicKey import RSA
+from support import REPO_ROOT, ServerProcess, free_port
+
+from crypto_utils import export_public_key
+
+ServerFactory = Callable[..., ServerProcess]
+ProxyFactory = Callable[..., tuple[str, int]]
+
+CLIENT_SOURCE = REPO_ROOT / "client"
+BUILD_ROOT = REPO_ROOT / "build"
+REQUIRED_PACKAGES = "g++ cmake libcrypto++-dev libboost-dev"
+BUILD_TIMEOUT = 900.0  # seconds for one configure + build on a 2-core machine
+CLIENT_TIMEOUT = 120.0  # seconds for one client run (a 5 MB file under ASan takes a few)
+SANITIZER_FLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer"
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+}
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
+# What a configure step prints when a prerequisite (not our CMakeLists.txt) is missing.
+MISSING_PREREQUISITE = re.compile(
+    r"Crypto\+\+ not found|Could NOT find Boost|provided by \"Boost\"|No CMAKE_CXX_COMPILER could be found"
+)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientBuild:
+    """One build of the client: where it is and how to run it."""
+
+    name: str
+    build_dir: Path
+    sanitized: bool
+
+    @property
+    def executable(self) -> Path:
+        return self.build_dir / ("client.exe" if os.name == "nt" else "client")
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.sanitized:
+            env.update(SANITIZER_ENV)
+        return env
+
+    def assert_no_sanitizer_report(self, stderr: str) -> None:
+        if self.sanitized:
+            found = [marker for marker in SANITIZER_MARKERS if marker in stderr]
+            assert not found, f"sanitizer report on stderr:\n{stderr}"
+
+
+@dataclass(frozen=True)
+class ClientRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a developer's machine without the toolchain; fail under CI, which has it."""
+    message = f"{reason}; install: apt-get install -y {REQUIRED_PACKAGES}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@functools.cache
+def _build(name: str) -> ClientBuild | str:
+    """Configures and builds one variant once per session; a string says why it could not."""
+    for tool in ("cmake", "ctest"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    if not any(shutil.which(compiler) for compiler in ("c++", "g++", "clang++")):
+        return "no C++ compiler found"
+    sanitized = name == "asan"
+    build = ClientBuild(name, BUILD_ROOT / ("client-asan" if sanitized else "client"), sanitized)
+    configure = ["cmake", "-S", str(CLIENT_SOURCE), "-B", str(build.build_dir)]
+    if sanitized:
+        configure += [
+            "-DCMAKE_BUILD_TYPE=Debug",
+            f"-DCMAKE_CXX_FLAGS={SANITIZER_FLAGS}",
+            "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined",
+        ]
+    configured = subprocess.run(
+        configure,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    if configured.returncode != 0:
+        output = configured.stdout + configured.stderr
+        if MISSING_PREREQUISITE.search(output):
+            return f"cannot configure the C++ client:\n{output[-2000:]}"
+        pytest.fail(f"cmake configure failed:\n{output[-4000:]}")
+    built = subprocess.run(
+        ["cmake", "--build", str(build.build_dir), "--parallel", str(os.cpu_count() or 2)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert built.returncode == 0, f"cmake --build failed:\n{(built.stdout + built.stderr)[-4000:]}"
+    assert build.executable.is_file()
+    return build
+
+
+@pytest.fixture(scope="session", params=["release", "asan"])
+def cpp_client(request: pytest.FixtureRequest) -> ClientBuild:
+    result = _build(request.param)
+    if isinstance(result, str):
+        _unavailable(result)
+    assert isinstance(result, ClientBuild)
+    return result
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def run_client(build: ClientBuild, work_dir: Path) -> ClientRun:
+    """Runs the client as a user would: in its working folder, no input, bounded in time."""
+    completed = subprocess.run(
+        [str(build.executable)],
+        check=False,
+        cwd=work_dir,
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        env=build.env(),
+    )
+    build.assert_no_sanitizer_report(completed.stderr)
+    return ClientRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def make_work_dir(
+    tmp_path: Path, address: tuple[str, int], name: str, file_path: str, content: bytes | None = b""
+) -> Path:
+    """A working folder with transfer.info and, unless content is None, the file to send."""
+    work_dir = tmp_path / "work"
+    work_dir.mkdir(exist_ok=True)
+    host, port = address
+    (work_dir / "transfer.info").write_text(f"{host}:{port}\n{name}\n{file_path}\n", newline="\n")
+    if content is not None:
+        target = work_dir / file_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return work_dir
+
+
+def query(server: ServerProcess, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=10)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def pattern_bytes(size: int) -> bytes:
+    """Deterministic, non-repeating-looking content of `size` bytes."""
+    block = bytes((i * 131 + 17) % 251 for i in range(251))
+    return (block * (size // len(block) + 1))[:size]
+
+
+@dataclass(frozen=True)
+class MeInfo:
+    name: str
+    client_id: bytes
+    key_text: str  # lines 3.. joined, each ended by "\n"
+
+
+def read_me_info(work_dir: Path) -> MeInfo:
+    """Parses me.info strictly as PROTOCOL.md §5 and Crypto++'s Base64Encoder lay it out."""
+    text = (work_dir / "me.info").read_text("ascii")
+    assert text.endswith("\n")
+    lines = text.split("\n")[:-1]
+    assert len(lines) >= 3, text
+    assert re.fullmatch(r"[0-9a-fA-F]{32}", lines[1]), lines[1]
+    key_lines = lines[2:]
+    assert all(len(line) == 72 for line in key_lines[:-1]), "Base64Encoder breaks lines every 72"
+    assert 0 < len(key_lines[-1]) <= 72
+    assert all(re.fullmatch(r"[A-Za-z0-9+/=]+", line) for line in key_lines)
+    return MeInfo(lines[0], bytes.fromhex(lines[1]), "".join(f"{line}\n" for line in key_lines))
+
+
+def assert_stored(server: ServerProcess, client_id: bytes, file_name: str, content: bytes) -> None:
+    rows = query(
+        server, "SELECT PathName, Verified FROM files WHERE ID = ? AND FileName = ?", (client_id, file_name)
+    )
+    assert len(rows) == 1, rows
+    path_name, verified = rows[0]
+    assert verified == 1
+    assert isinstance(path_name, str)
+    assert (server.data_dir / path_name).read_bytes() == content
+
+
+def register_and_send(
+    build: ClientBuild, server: ServerProcess, tmp_path: Path, name: str, file_path: str, content: bytes
+) -> MeInfo:
+    work_dir = make_work_dir(tmp_path, server.address, name, file_path, content)
+    run = run_client(build, work_dir)
+    assert run.returncode == 0, run.stderr
+    me = read_me_info(work_dir)
+    assert_stored(server, me.client_id, file_path, content)
+    return me
+
+
+# --- unit tests through ctest ----------------------------------------------------------------
+
+
+def test_unit_tests_pass_under_ctest(cpp_client: ClientBuild) -> None:
+    completed = subprocess.run(
+        ["ctest", "--test-dir", str(cpp_client.build_dir), "--output-on-failure"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        env=cpp_client.env(),
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "100% tests passed" in output, output
+    cpp_client.assert_no_sanitizer_report(output)
+
+
+# --- registration and reconnection -------------------------------------------------------------
+
+
+def test_first_run_registers_then_second_run_reconnects(
+    cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path
+) -> None:
+    content = pattern_bytes(100_000)
+    work_dir = make_work_dir(tmp_path, server.address, "Michael Jackson", "song.bin", content)
+
+    first = run_client(cpp_client, work_dir)
+    assert first.returncode == 0, first.stderr
+    me = read_me_info(work_dir)
+    assert me.name == "Michael Jackson"
+    # priv.key: the same Base64 of the private key's DER.
+    assert (work_dir / "priv.key").read_text("ascii") == me.key_text
+    key = RSA.import_key(base64.b64decode(me.key_text))
+    assert key.has_private()
+    assert key.n.bit_length() == 1024
+    assert key.e == 17
+    clients = query(server, "SELECT ID, Name, PublicKey FROM clients")
+    public_key_der = export_public_key(key)
+    assert len(public_key_der) == 160
+    assert clients == [(me.client_id, "Michael Jackson", public_key_der)]
+    assert_stored(server, me.client_id, "song.bin", content)
+
+    second = run_client(cpp_client, work_dir)
+    assert second.returncode == 0, second.stderr
+    assert "Reconnected" in second.stdout
+    assert read_me_info(work_dir) == me
+    assert query(server, "SELECT ID, Name FROM clients") == [(me.client_id, "Michael Jackson")]
+    assert_stored(server, me.client_id, "song.bin", content)
+
+
+def test_registers_again_after_reconnect_is_denied(
+    cpp_client: ClientBuild, server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A server that does not know the client answers 1027 with 2106: register anew (1025)."""
+    first_server, second_server = server_factory(), server_factory()
+    content = pattern_bytes(1000)
+    old = register_and_send(cpp_client, first_server, tmp_path, "wanderer", "a.bin", content)
+
+    work_dir = make_work_dir(tmp_path, second_server.address, "wanderer", "a.bin", content)
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode == 0, run.stderr
+    assert "2106" in run.stdout
+    new = read_me_info(work_dir)
+    assert new.name == "wanderer"
+    assert new.client_id != old.client_id
+    assert new.key_text != old.key_text
+    assert query(second_server, "SELECT ID, Name FROM clients") == [(new.client_id, "wanderer")]
+    assert_stored(second_server, new.client_id, "a.bin", content)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_path", "size"),
+    [
+        pytest.param("empty.bin", 0, id="empty"),
+        pytest.param("one-block.bin", 16, id="16-bytes"),
+        pytest.param("five-mb.bin", 5 * MIB + 3, id="5MB"),
+        pytest.param("my file with spaces.txt", 4321, id="spaces"),
+        pytest.param("sub folder/deep file.bin", 70_000, id="path-with-folder"),
+    ],
+)
+def test_stored_file_is_identical_and_verified(
+    cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path, file_path: str, size: int
+) -> None:
+    # The name sent (and recorded as FileName) is line 3 of transfer.info as given.
+    register_and_send(cpp_client, server, tmp_path, "sender", file_path, pattern_bytes(size))
+
+
+# --- checksum mismatch: 1030 and resend, 1031 after the fourth -------------------------------------
+
+
+def test_one_corrupted_transfer_is_resent(
+    cpp_client: ClientBuild, server: ServerProcess, corrupting_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    content = pattern_bytes(200_000)
+    work_dir = make_work_dir(tmp_path, corrupting_proxy(server, corrupt=1), "unlucky", "data.bin", content)
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("checksum mismatch") == 1
+    assert_stored(server, read_me_info(work_dir).client_id, "data.bin", content)
+
+
+def test_four_corrupted_transfers_give_up(
+    cpp_client: ClientBuild, server: ServerProcess, corrupting_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    content = pattern_bytes(50_000)
+    work_dir = make_work_dir(
+        tmp_path, corrupting_proxy(server, corrupt=None), "cursed", "doomed.bin", content
+    )
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode != 0
+    assert run.stderr.count("checksum mismatch") == 4
+    assert "Fatal:" in run.stderr
+    assert "1031" in run.stderr
+    assert query(server, "SELECT FileName FROM files") == []
+    assert list(server.data_dir.rglob("*doomed*")) == []
+
+
+# --- errors before or without a server ------------------------------------------------------------
+
+
+def test_server_not_running(cpp_client: ClientBuild, tmp_path: Path) -> None:
+    work_dir = make_work_dir(tmp_path, ("127.0.0.1", free_port()), "lonely", "a.bin", b"hello")
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode != 0
+    assert "Fatal: cannot connect" in run.stderr
+    assert not (work_dir / "me.info").exists()
+
+
+def test_missing_transfer_info(cpp_client: ClientBuild, tmp_path: Path) -> None:
+    run = run_client(cpp_client, tmp_path)
+    assert run.returncode != 0
+    assert "Fatal:" in run.stderr
+    assert "transfer.info" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("transfer_info", "message"),
+    [
+        pytest.param("127.0.0.1\nbob\na.bin\n", "transfer.info line 1", id="no-port"),
+        pytest.param("127.0.0.1:70000\nbob\na.bin\n", "transfer.info line 1", id="port-out-of-range"),
+        pytest.param("127.0.0.1:1234\n" + "n" * 101 + "\na.bin\n", "transfer.info line 2", id="long-name"),
+        pytest.param("127.0.0.1:1234\nbob\n", "expected 3 lines", id="two-lines"),
+        pytest.param("127.0.0.1:1234\nbob\nmissing.bin\n", "missing.bin", id="missing-file"),
+    ],
+)
+def test_bad_transfer_info(cpp_client: ClientBuild, tmp_path: Path, transfer_info: str, message: str) -> None:
+    (tmp_path / "transfer.info").write_text(transfer_info, newline="\n")
+    run = run_client(cpp_client, tmp_path)
+    assert run.returncode != 0
+    assert message in run.stderr
+    assert "Fatal:" in run.stderr
+
+
+def test_malformed_me_info_is_reported_not_replaced(
+    cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path
+) -> None:
+    work_dir = make_work_dir(tmp_path, server.address, "bob", "a.bin", b"data")
+    broken = "bob\n00112233445566778899aabbccddeeff\nTm90IGEga2V5\n"
+    (work_dir / "me.info").write_text(broken, newline="\n")
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode != 0
+    assert "me.info" in run.stderr
+    assert (work_dir / "me.info").read_text() == broken
+    assert query(server, "SELECT ID FROM clients") == []
+
+
+def test_crlf_info_files(cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path) -> None:
+    """Info files edited on Windows: CRLF line endings in transfer.info and me.info."""
+    content = pattern_bytes(3000)
+    work_dir = make_work_dir(tmp_path, server.address, "windows", "w.bin", content)
+    host, port = server.address
+    (work_dir / "transfer.info").write_bytes(f"{host}:{port}\r\nwindows\r\nw.bin\r\n".encode())
+    first = run_client(cpp_client, work_dir)
+    assert first.returncode == 0, first.stderr
+    me_info = work_dir / "me.info"
+    me_info.write_bytes(me_info.read_bytes().replace(b"\n", b"\r\n"))
+    second = run_client(cpp_client, work_dir)
+    assert second.returncode == 0, second.stderr
+    assert "Reconnected" in second.stdout
+    assert len(query(server, "SELECT ID FROM clients")) == 1

@@ -21,10 +21,12 @@ import textwrap
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from Crypto.PublicKey import RSA
+from tqdm import tqdm
 
 from crypto_utils import (
     CbcEncryptor,
@@ -54,6 +56,7 @@ from protocol import (
     ResponseCode,
     ResponseHeader,
     SendFileHead,
+    encode_name,
     encrypted_size,
     pack_request,
 )
@@ -105,6 +108,10 @@ class TransferInfo:
         if not 1 <= len(name) <= MAX_CLIENT_NAME or not name.isprintable():
             raise ClientError(f"{path}: line 2 must be a name of 1 to {MAX_CLIENT_NAME} characters")
         file_path = lines[2].strip()
+        try:
+            encode_name(file_path)  # it travels as the 1028's file name
+        except ValueError as err:
+            raise ClientError(f"{path}: line 3 must be a file path of 1 to 254 ASCII characters") from err
         if not file_path:
             raise ClientError(f"{path}: line 3 must name the file to send")
         return cls(host, int(port_text), name, Path(file_path))
@@ -242,7 +249,7 @@ class FileTransferClient:
             raise ClientError("no AES key: register or reconnect first")
         name = file_name if file_name is not None else str(path)
         try:
-            source = open(path, "rb")
+            source = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; opened here to report errors)
         except OSError as err:
             raise ClientError(f"cannot read {path}: {err.strerror}") from err
         with source:
@@ -259,13 +266,15 @@ class FileTransferClient:
         _, payload = self._receive(ResponseCode.FILE_RECEIVED)
         received = FileReceivedResponse.unpack(payload)
         if (received.client_id, received.content_size, received.file_name) != (
-            self.client_id, content_size, name
+            self.client_id,
+            content_size,
+            name,
         ):
             raise ServerError("2103 does not describe the file that was sent")
         return received, checksum
 
     def _stream_encrypted(
-        self, source: BinaryIO, size: int, progress: Callable[[int], object] | None
+        self, source: BufferedIOBase, size: int, progress: Callable[[int], object] | None
     ) -> int:
         """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum."""
         assert self.aes_key is not None
@@ -308,7 +317,7 @@ class FileTransferClient:
             raise ServerError("2104 names another client")
 
 
-def _read_into(source: BinaryIO, view: memoryview) -> None:
+def _read_into(source: BufferedIOBase, view: memoryview) -> None:
     filled = 0
     while filled < len(view):
         count = source.readinto(view[filled:])
@@ -390,9 +399,9 @@ def _progress_bar(total: int) -> Callable[[int], object] | None:
     """A tqdm bar on a terminal, for files worth watching; nothing otherwise."""
     if total < PROGRESS_MIN_SIZE or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False).update
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    update: Callable[[int], object] = bar.update
+    return update
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Fatal: {err}", file=sys.stderr)
         return 1
     if not result.verified:
-        print(f"Fatal: the checksum did not match after {result.attempts} attempts; the transfer failed",
-              file=sys.stderr)
+        print(
+            f"Fatal: the checksum did not match after {result.attempts} attempts; the transfer failed",
+            file=sys.stderr,
+        )
         return 1
     print(f"file sent and verified (cksum {result.checksum}, {result.attempts} attempt(s))")
     return 0

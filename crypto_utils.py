@@ -38,7 +38,7 @@ def generate_rsa_key() -> RSA.RsaKey:
 
 def export_public_key(key: RSA.RsaKey) -> bytes:
     """The 160-byte X.509 SubjectPublicKeyInfo DER that travels in 1026."""
-    der: bytes = key.publickey().export_key("DER")
+    der: bytes = key.public_key().export_key("DER")
     if len(der) != PUBLIC_KEY_SIZE:
         raise CryptoError(f"public key DER is {len(der)} bytes, expected {PUBLIC_KEY_SIZE}")
     return der
@@ -159,9 +159,7 @@ def encrypt(key: bytes, plaintext: bytes) -> bytes:
 # CRC-32, polynomial 0x04C11DB7, MSB first, initial value 0, no final XOR in the
 # register itself: cksum feeds the length after the data, then complements.
 # anycrc computes it in C (several GB/s) and continues from a previous register.
-_CKSUM_CRC = anycrc.CRC(
-    width=32, poly=0x04C11DB7, init=0, refin=False, refout=False, xorout=0
-)
+_CKSUM_CRC = anycrc.CRC(width=32, poly=0x04C11DB7, init=0, refin=False, refout=False, xorout=0)
 
 
 class Cksum:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,7 +73,7 @@ class _Result:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(sep=" ", timespec="seconds")
+    return datetime.now(UTC).isoformat(sep=" ", timespec="seconds")
 
 
 class Database:
@@ -87,9 +87,7 @@ class Database:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False
-            )
+            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             with self._conn:
@@ -121,7 +119,7 @@ class Database:
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as err:
-            raise DatabaseError(f"{err} (in: {sql.split()[0]} ...)") from err
+            raise DatabaseError(f"{err} (in: {sql.split(maxsplit=1)[0]} ...)") from err
 
     # --- clients ------------------------------------------------------------
 
@@ -167,9 +165,7 @@ class Database:
 
     def delete_incomplete_client(self, client_id: bytes) -> bool:
         """Drop a registration that never completed its key exchange (§2, 1027)."""
-        result = self._execute(
-            "DELETE FROM clients WHERE ID = ? AND PublicKey IS NULL", (client_id,)
-        )
+        result = self._execute("DELETE FROM clients WHERE ID = ? AND PublicKey IS NULL", (client_id,))
         return result.rowcount == 1
 
     # --- files --------------------------------------------------------------
@@ -196,9 +192,7 @@ class Database:
         return result.rowcount == 1
 
     def delete_file(self, client_id: bytes, file_name: str) -> bool:
-        result = self._execute(
-            "DELETE FROM files WHERE ID = ? AND FileName = ?", (client_id, file_name)
-        )
+        result = self._execute("DELETE FROM files WHERE ID = ? AND FileName = ?", (client_id, file_name))
         return result.rowcount == 1
 
     def path_names(self) -> set[str]:

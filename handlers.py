@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BufferedIOBase
 from typing import BinaryIO
 
 from crypto_utils import (
-    Cksum,
     CbcDecryptor,
+    Cksum,
     CryptoError,
     generate_aes_key,
     padding_length,
@@ -32,7 +33,6 @@ from protocol import (
     FileReceivedResponse,
     MalformedPayload,
     NameRequest,
-    ProtocolError,
     PublicKeyRequest,
     RequestCode,
     RequestHeader,
@@ -62,7 +62,7 @@ class PayloadReader:
     next request) or the connection must close.
     """
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
+    def __init__(self, stream: BufferedIOBase, size: int) -> None:
         self._stream = stream
         self.unread = size
 

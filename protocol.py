@@ -215,9 +215,7 @@ def check_request_size(header: RequestHeader, max_content_size: int) -> None:
         smallest = SEND_FILE_HEAD.size + AES_BLOCK_SIZE
         largest = SEND_FILE_HEAD.size + max_content_size
         if not smallest <= header.payload_size <= largest:
-            raise MalformedPayload(
-                f"1028 payload size {header.payload_size} outside {smallest}..{largest}"
-            )
+            raise MalformedPayload(f"1028 payload size {header.payload_size} outside {smallest}..{largest}")
         return
     expected = FIXED_REQUEST_PAYLOAD_SIZES[code]
     if header.payload_size != expected:
@@ -292,9 +290,7 @@ class SendFileHead:
         content_size, name_field = SEND_FILE_HEAD.unpack(data)
         if content_size != payload_size - SEND_FILE_HEAD.size:
             # The header and the head disagree: which one frames the stream is unknowable.
-            raise FramingError(
-                f"1028 content size {content_size} disagrees with payload size {payload_size}"
-            )
+            raise FramingError(f"1028 content size {content_size} disagrees with payload size {payload_size}")
         if content_size % AES_BLOCK_SIZE:
             raise FramingError(f"1028 content size {content_size} is not a multiple of 16")
         return cls(content_size, decode_name(name_field))
@@ -359,9 +355,7 @@ class FileReceivedResponse:
 
     def pack(self) -> bytes:
         _check_client_id(self.client_id)
-        return FILE_RECEIVED.pack(
-            self.client_id, self.content_size, encode_name(self.file_name), self.cksum
-        )
+        return FILE_RECEIVED.pack(self.client_id, self.content_size, encode_name(self.file_name), self.cksum)
 
     @classmethod
     def unpack(cls, payload: bytes) -> FileReceivedResponse:

@@ -12,12 +12,11 @@ writes the response, and is the connection's one error boundary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
-import socket
 import socketserver
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +96,11 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
     server: FileTransferServer
 
     def setup(self) -> None:
-        # StreamRequestHandler applies `timeout` to the socket: a silent peer
-        # raises TimeoutError in a read instead of pinning this thread forever.
-        self.timeout = self.server.config.idle_timeout
         super().setup()
-        self.peer = "%s:%d" % self.client_address[:2]
+        # A silent peer raises TimeoutError in a read instead of pinning this thread forever.
+        self.connection.settimeout(self.server.config.idle_timeout)
+        host, port = self.client_address[:2]
+        self.peer = f"{host}:{port}"
 
     def handle(self) -> None:
         log.debug("%s connected", self.peer)
@@ -177,10 +176,8 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
 
     def _send_quietly(self, response: bytes) -> None:
         """Best-effort reply on a connection that is about to close."""
-        try:
+        with contextlib.suppress(OSError):
             self._send(response)
-        except OSError:
-            pass
 
 
 # --- start-up ---------------------------------------------------------------
@@ -207,7 +204,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default {DEFAULT_PORT} if it is missing or invalid).",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
-    parser.add_argument("--port", type=int, help=f"TCP port, 0 for any free port (default: from {PORT_FILE.name})")
+    parser.add_argument(
+        "--port", type=int, help=f"TCP port, 0 for any free port (default: from {PORT_FILE.name})"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,

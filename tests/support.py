@@ -18,10 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from protocol import (
     REQUEST_HEADER,
@@ -81,8 +81,17 @@ class ServerProcess:
     def _start_ours(self) -> None:
         """Port 0, and the port read back from the server's own "listening on" line."""
         command = [
-            self.python, str(self.server_dir / "server.py"), "--host", "127.0.0.1", "--port", "0",
-            "--data-dir", str(self.data_dir), "--log-level", "DEBUG", *self.extra_args,
+            self.python,
+            str(self.server_dir / "server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "DEBUG",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.process.stderr is not None
@@ -114,7 +123,10 @@ class ServerProcess:
         (self.server_dir / "port.info").write_text(f"{self.port}\n")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [self.python, "server.py"], cwd=self.server_dir, stdout=log, stderr=subprocess.STDOUT,
+            [self.python, "server.py"],
+            cwd=self.server_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -161,7 +173,7 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
 
-    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the server's database (PROTOCOL.md §5 schema) while it runs."""
         with closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as db:
             return db.execute(sql, params).fetchall()
@@ -183,8 +195,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(server_dir: Path, data_dir: Path, *, ours: bool = True, python: str = sys.executable,
-                   extra_args: list[str] | None = None) -> Iterator[ServerProcess]:
+def running_server(
+    server_dir: Path,
+    data_dir: Path,
+    *,
+    ours: bool = True,
+    python: str = sys.executable,
+    extra_args: list[str] | None = None,
+) -> Iterator[ServerProcess]:
     server = ServerProcess(server_dir, data_dir, python=python, ours=ours, extra_args=extra_args or [])
     server.start()
     try:
@@ -357,7 +375,5 @@ def _pipe(source: socket.socket, destination: socket.socket) -> None:
 
 
 def _shutdown(sock: socket.socket) -> None:
-    try:
+    with suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass

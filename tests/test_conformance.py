@@ -92,7 +92,9 @@ def stored_bytes(server: ServerProcess, path_name: object) -> bytes:
 
 
 @spec("§2 1025")
-def test_register_returns_a_new_id_and_stores_the_client(server: ServerProcess, unique_name: NameFactory) -> None:
+def test_register_returns_a_new_id_and_stores_the_client(
+    server: ServerProcess, unique_name: NameFactory
+) -> None:
     name = unique_name()
     with RawConnection(server.address) as conn:
         # The header's client ID of a 1025 is ignored (§7): send garbage.
@@ -146,7 +148,9 @@ def test_every_key_exchange_makes_a_new_aes_key(server: ServerProcess, unique_na
 
 
 @spec("§2 1026")
-def test_public_key_with_another_clients_name_gets_2107(server: ServerProcess, unique_name: NameFactory) -> None:
+def test_public_key_with_another_clients_name_gets_2107(
+    server: ServerProcess, unique_name: NameFactory
+) -> None:
     with RawConnection(server.address) as conn:
         client_id = register(conn, unique_name())
         payload = encode_name(unique_name()) + export_public_key(RSA_KEY)
@@ -190,7 +194,9 @@ def test_reconnect_gives_a_new_aes_key(server: ServerProcess, unique_name: NameF
 
 @spec("§2 1027")
 @pytest.mark.parametrize("case", ["unknown id", "wrong name"])
-def test_reconnect_denied_echoes_the_client_id(server: ServerProcess, unique_name: NameFactory, case: str) -> None:
+def test_reconnect_denied_echoes_the_client_id(
+    server: ServerProcess, unique_name: NameFactory, case: str
+) -> None:
     name = unique_name()
     with RawConnection(server.address) as conn:
         client_id, _ = new_client(conn, name)
@@ -200,7 +206,9 @@ def test_reconnect_denied_echoes_the_client_id(server: ServerProcess, unique_nam
 
 
 @spec("§2 1027")
-def test_reconnect_of_an_incomplete_registration_drops_it(server: ServerProcess, unique_name: NameFactory) -> None:
+def test_reconnect_of_an_incomplete_registration_drops_it(
+    server: ServerProcess, unique_name: NameFactory
+) -> None:
     """2106 for a client that never sent its key; its 1025 on the same connection then succeeds (§7)."""
     name = unique_name()
     with RawConnection(server.address) as conn:
@@ -242,7 +250,9 @@ def test_last_seen_is_updated_on_every_request(server: ServerProcess, unique_nam
 
 @spec("§2 1028")
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100_000])
-def test_send_file_stores_the_decrypted_file(server: ServerProcess, unique_name: NameFactory, size: int) -> None:
+def test_send_file_stores_the_decrypted_file(
+    server: ServerProcess, unique_name: NameFactory, size: int
+) -> None:
     content = os.urandom(size)
     with RawConnection(server.address) as conn:
         client_id, aes_key = new_client(conn, unique_name())
@@ -316,8 +326,19 @@ def test_the_same_name_replaces_the_earlier_copy(server: ServerProcess, unique_n
 @spec("§2 file names")
 @pytest.mark.parametrize(
     "file_name",
-    ["C:\\Users\\me\\file.bin", "/home/me/file.bin", "../x", "../../x", "/tmp/x", "..\\..\\x",
-     "server.py", "port.info", "defensive.db", "name with spaces.txt", "'; DROP TABLE files; --"],
+    [
+        "C:\\Users\\me\\file.bin",
+        "/home/me/file.bin",
+        "../x",
+        "../../x",
+        "/tmp/x",
+        "..\\..\\x",
+        "server.py",
+        "port.info",
+        "defensive.db",
+        "name with spaces.txt",
+        "'; DROP TABLE files; --",
+    ],
 )
 def test_file_names_stay_inside_the_storage_folder(
     server: ServerProcess, unique_name: NameFactory, file_name: str
@@ -479,7 +500,9 @@ def test_truncated_header_closes_the_connection(server: ServerProcess, unique_na
 
 
 @spec("§3 2107")
-def test_an_impossible_payload_size_gets_2107_and_closes(server: ServerProcess, unique_name: NameFactory) -> None:
+def test_an_impossible_payload_size_gets_2107_and_closes(
+    server: ServerProcess, unique_name: NameFactory
+) -> None:
     """A 1025 claiming 4 GiB: answered before any of it is read, nothing allocated."""
     with RawConnection(server.address) as conn:
         conn.send(RequestHeader(bytes(16), 3, RequestCode.REGISTER, 2**32 - 1).pack())
@@ -516,8 +539,10 @@ def test_inconsistent_send_file_sizes_get_2107_and_close(
 ) -> None:
     with RawConnection(server.address) as conn:
         client_id, _ = new_client(conn, unique_name())
-        head = SendFileHead(declared, "x.bin").pack() if declared % 16 == 0 else (
-            declared.to_bytes(4, "little") + encode_name("x.bin")
+        head = (
+            SendFileHead(declared, "x.bin").pack()
+            if declared % 16 == 0
+            else (declared.to_bytes(4, "little") + encode_name("x.bin"))
         )
         conn.send(pack_request(client_id, RequestCode.SEND_FILE, head + os.urandom(actual)))
         expect(conn, ResponseCode.GENERAL_ERROR, "§3 broken framing")

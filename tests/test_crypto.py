@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,6 @@ def test_cksum_vectors(data: bytes, expected: int) -> None:
 
 
 def test_cksum_is_not_zlib_crc32() -> None:
-    import zlib
-
     assert cksum(b"123456789") != zlib.crc32(b"123456789")
 
 
@@ -57,7 +56,7 @@ def test_cksum_matches_the_cksum_command(tmp_path: Path, size: int) -> None:
 def test_cksum_in_pieces_equals_cksum_whole(data: bytes, cuts: list[int]) -> None:
     checksum = Cksum()
     previous = 0
-    for cut in sorted(min(c, len(data)) for c in cuts) + [len(data)]:
+    for cut in [*sorted(min(c, len(data)) for c in cuts), len(data)]:
         checksum.update(memoryview(data)[previous:cut])
         previous = cut
     assert checksum.value == cksum(data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BufferedIOBase
 from typing import BinaryIO
 
 from crypto_utils import (
@@ -41,6 +40,7 @@ from protocol import (
     UnknownClient,
 )
 from storage import FileStore, StorageError
+from streams import PayloadReader
 
 log = logging.getLogger(__name__)
 
@@ -48,51 +48,6 @@ log = logging.getLogger(__name__)
 # of the AES block; large enough that per-chunk overhead vanishes, small enough
 # that a hundred concurrent transfers stay within a few tens of MiB.
 CHUNK_SIZE = 256 * 1024
-
-
-class PeerGone(Exception):
-    """The peer closed the connection (or went silent) in the middle of a request."""
-
-
-class PayloadReader:
-    """Exact reads of one request's payload from the connection's buffered stream.
-
-    Counts what is still unread, so that after a refusal the connection loop
-    knows whether the rest can be skipped (the stream stays aligned on the
-    next request) or the connection must close.
-    """
-
-    def __init__(self, stream: BufferedIOBase, size: int) -> None:
-        self._stream = stream
-        self.unread = size
-
-    def read(self, size: int) -> bytes:
-        if size > self.unread:
-            raise MalformedPayload(f"payload needs {size} more bytes, {self.unread} left")
-        data = self._stream.read(size)
-        self.unread -= len(data)
-        if len(data) != size:
-            raise PeerGone(f"connection closed {size - len(data)} bytes short")
-        return data
-
-    def read_all(self) -> bytes:
-        return self.read(self.unread)
-
-    def readinto(self, view: memoryview) -> None:
-        """Fill `view` completely (a large read goes straight from the socket into it)."""
-        if len(view) > self.unread:
-            raise MalformedPayload(f"payload needs {len(view)} more bytes, {self.unread} left")
-        filled = 0
-        while filled < len(view):
-            count = self._stream.readinto(view[filled:])
-            if not count:
-                raise PeerGone(f"connection closed {len(view) - filled} bytes short")
-            filled += count
-            self.unread -= count
-
-    def skip_rest(self) -> None:
-        while self.unread:
-            self.read(min(self.unread, CHUNK_SIZE))
 
 
 @dataclass(frozen=True)

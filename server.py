@@ -14,16 +14,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import socket
 import socketserver
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from database import DATABASE_FILE_NAME, Database, DatabaseError
-from handlers import HANDLERS, PayloadReader, PeerGone, RequestContext
+from handlers import HANDLERS, RequestContext
 from protocol import (
     MAX_CONTENT_SIZE_ON_WIRE,
     MAX_DISCARDED_PAYLOAD,
@@ -36,7 +39,8 @@ from protocol import (
     check_request_size,
     pack_response,
 )
-from storage import FileStore
+from storage import DEFAULT_MIN_FREE_SPACE, FileStore
+from streams import PayloadReader, PeerGone, RateGuard, TooSlow, read_exact_into
 
 log = logging.getLogger("server")
 
@@ -44,6 +48,11 @@ SERVER_DIR = Path(__file__).resolve().parent
 PORT_FILE = SERVER_DIR / "port.info"
 DEFAULT_PORT = 1357
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent before it is closed
+# A request that has lasted the idle timeout must have averaged this many bytes/s:
+# a real client on a poor link sends far more; a peer trickling bytes to pin a thread, far less.
+DEFAULT_MIN_RATE = 8 * 1024
+# Threads are cheap but not free; each active transfer holds two chunk buffers.
+DEFAULT_MAX_CONNECTIONS = 200
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,10 @@ class ServerConfig:
     port: int
     data_dir: Path
     idle_timeout: float
+    min_rate: float  # bytes per second, after the first idle_timeout seconds of a request
+    max_connections: int
     max_file_size: int  # largest encrypted content accepted in one 1028
+    min_free_space: int  # bytes that must stay free on the disk after a file is accepted
 
 
 class FileTransferServer(socketserver.ThreadingTCPServer):
@@ -68,8 +80,10 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
         self.config = config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db = Database(config.data_dir / DATABASE_FILE_NAME)
-        self.store = FileStore(config.data_dir)
+        self.store = FileStore(config.data_dir, config.min_free_space)
         self._reconcile_storage()
+        self._connections = 0
+        self._connections_lock = threading.Lock()
         super().__init__((config.host, config.port), ConnectionHandler)
 
     def _reconcile_storage(self) -> None:
@@ -79,6 +93,24 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
             log.warning("start-up: %d file records had no stored file; removed", len(missing))
             self.db.delete_files_by_path(missing)
         log.info("loaded %d registered clients from %s", self.db.count_clients(), self.db.path)
+
+    def verify_request(self, request: object, client_address: object) -> bool:
+        """Refuse a connection over the limit: socketserver closes it at once."""
+        with self._connections_lock:
+            if self._connections >= self.config.max_connections:
+                log.warning("refusing %s: %d connections already open", client_address, self._connections)
+                return False
+            self._connections += 1
+            return True
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections -= 1
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Anything that escapes a handler goes to the log, never as a bare traceback."""
@@ -97,8 +129,11 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        # A silent peer raises TimeoutError in a read instead of pinning this thread forever.
-        self.connection.settimeout(self.server.config.idle_timeout)
+        config = self.server.config
+        # A silent peer raises TimeoutError in a read instead of pinning this thread forever;
+        # a trickling one is cut off by the rate guard.
+        self.connection.settimeout(config.idle_timeout)
+        self.guard = RateGuard(config.min_rate, grace=config.idle_timeout)
         host, port = self.client_address[:2]
         self.peer = f"{host}:{port}"
 
@@ -107,6 +142,8 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         try:
             while self._serve_one_request():
                 pass
+        except TooSlow as err:
+            log.warning("%s too slow: %s; closing", self.peer, err)
         except (PeerGone, ConnectionError) as err:
             log.info("%s went away: %s", self.peer, err)
         except TimeoutError:
@@ -117,18 +154,24 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
 
     def _serve_one_request(self) -> bool:
         """Read, dispatch and answer one request. False when the connection should close."""
-        raw_header = self.rfile.read(REQUEST_HEADER.size)
-        if not raw_header:
+        raw_header = bytearray(REQUEST_HEADER.size)
+        # Between requests the peer may stay silent up to the idle timeout; once
+        # a request has begun, the rate guard bounds how long it may take.
+        if not self.rfile.readinto1(memoryview(raw_header)[:1]):
             log.debug("%s closed the connection", self.peer)
             return False
         started = time.monotonic()
+        self.guard.restart()
         try:
-            header = RequestHeader.unpack(raw_header)
-        except FramingError as err:
-            log.warning("%s: %s; closing", self.peer, err)
-            self._send_quietly(pack_response(err.response_code))
+            read_exact_into(self.rfile, memoryview(raw_header)[1:], self.guard)
+        except TooSlow:
+            raise
+        except PeerGone as err:
+            log.warning("%s: truncated request header (%s); closing", self.peer, err)
+            self._send_quietly(pack_response(FramingError.response_code))
             return False
-        payload = PayloadReader(self.rfile, header.payload_size)
+        header = RequestHeader.unpack(bytes(raw_header))
+        payload = PayloadReader(self.rfile, header.payload_size, self.guard)
         outcome, keep_open = self._dispatch(header, payload)
         log.info(
             "%s client=%s code=%d -> %s bytes=%d %.1f ms",
@@ -220,6 +263,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"seconds a connection may stay silent (default: {DEFAULT_IDLE_TIMEOUT:.0f})",
     )
     parser.add_argument(
+        "--min-rate",
+        type=float,
+        default=DEFAULT_MIN_RATE,
+        help="bytes/s a request must average once it has lasted the idle timeout "
+        f"(default: {DEFAULT_MIN_RATE})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"connections served at once; more are closed at once (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--min-free-space",
+        type=int,
+        default=DEFAULT_MIN_FREE_SPACE,
+        help="bytes that must stay free on the disk after a file is accepted "
+        f"(default: {DEFAULT_MIN_FREE_SPACE})",
+    )
+    parser.add_argument(
         "--max-file-size",
         type=int,
         default=MAX_CONTENT_SIZE_ON_WIRE,
@@ -238,6 +301,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--max-file-size must be 1..{MAX_CONTENT_SIZE_ON_WIRE}")
     if args.idle_timeout <= 0:
         parser.error("--idle-timeout must be positive")
+    if args.min_rate < 0 or args.max_connections < 1 or args.min_free_space < 0:
+        parser.error("--min-rate and --min-free-space must be >= 0, --max-connections >= 1")
     return args
 
 
@@ -252,13 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Everything the server creates (database, journal, stored files) is its user's alone.
+    os.umask(0o077)
     port = args.port if args.port is not None else read_port_file()
     config = ServerConfig(
         host=args.host,
         port=port,
         data_dir=args.data_dir.resolve(),
         idle_timeout=args.idle_timeout,
+        min_rate=args.min_rate,
+        max_connections=args.max_connections,
         max_file_size=args.max_file_size,
+        min_free_space=args.min_free_space,
     )
     try:
         server = FileTransferServer(config)

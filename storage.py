@@ -27,8 +27,8 @@ PARTIAL_SUFFIX = ".part"  # temporary files of transfers in progress
 NAME_DIGEST_CHARS = 16  # 64 bits of SHA-256: distinct names of one client never share a file
 # PathName is at most 255 characters (§5): "storage/" + 32 hex + "/" + digest + "-" + base.
 MAX_STORED_BASE_NAME = 255 - len(STORAGE_DIR_NAME) - 1 - 32 - 1 - NAME_DIGEST_CHARS - 1
-# Free space that must remain on the disk after a file is accepted.
-DISK_SPACE_MARGIN = 64 * 1024 * 1024
+# Free space that must remain on the disk after a file is accepted, by default.
+DEFAULT_MIN_FREE_SPACE = 64 * 1024 * 1024
 
 
 class StorageError(ProtocolError):
@@ -59,8 +59,9 @@ def safe_base_name(file_name: str) -> str:
 class FileStore:
     """The storage folder: where each (client, file name) lives, and the temporary files."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, min_free_space: int = DEFAULT_MIN_FREE_SPACE) -> None:
         self.data_dir = data_dir
+        self.min_free_space = min_free_space
         self.root = data_dir / STORAGE_DIR_NAME
         self.root.mkdir(mode=0o700, exist_ok=True)
         self._partials: set[Path] = set()
@@ -81,7 +82,7 @@ class FileStore:
 
     def check_free_space(self, size: int) -> None:
         free = shutil.disk_usage(self.root).free
-        if free < size + DISK_SPACE_MARGIN:
+        if free < size + self.min_free_space:
             raise StorageError(f"not enough disk space for {size} bytes ({free} free)")
 
     def create_partial(self, client_id: bytes) -> tuple[Path, int]:

@@ -204,9 +204,9 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 err,
                 "; closing" if closing else "",
             )
+            self._send(pack_response(code))  # before skipping: the refusal needs none of the rest
             if not closing:
                 payload.skip_rest()
-            self._send(pack_response(code))
             return f"{code.value} ({type(err).__name__})", not closing
         if reply is None:
             return "no reply", True

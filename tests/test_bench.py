@@ -1,0 +1,109 @@
+"""Smoke runs of the benchmark code (bench/): tiny sizes, few clients, no timing asserted.
+
+The figures themselves come from `python -m bench` (README.md "Performance");
+here only that every part runs, checks its transfers and writes its results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench_run
+from bench.processes import OurServer, find_sshd, scp_target
+from bench.report import MIB, BenchResults, SizeResult, size_label
+from bench.workloads import PythonSender, make_file, percentile, scp_send
+from crypto_utils import generate_rsa_key
+
+
+def test_parse_size() -> None:
+    assert bench_run.parse_size("64K") == 64 * 1024
+    assert bench_run.parse_size("1m") == MIB
+    assert bench_run.parse_size("1G") == 1024**3
+    assert bench_run.parse_size("1000") == 1000
+    assert size_label(64 * MIB) == "64 MiB"
+    assert size_label(1000) == "1000 B"
+
+
+def test_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == pytest.approx(50.5)
+    assert percentile(values, 0.99) == pytest.approx(99.01)
+    assert percentile([3.0], 0.99) == 3.0
+
+
+def test_small_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Our server with the Python client (and the C++ one when built), a burst, key exchanges."""
+    out = tmp_path / "results"
+    status = bench_run.main(
+        [
+            "--sizes",
+            "64K",
+            "100000",
+            "--runs",
+            "2",
+            "--clients",
+            "5",
+            "--client-size",
+            "64K",
+            "--key-exchanges",
+            "5",
+            "--no-scp",
+            "--no-chart",
+            "--out",
+            str(out),
+            "--tmp",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| 64 KiB |" in printed and "| 100000 B |" in printed
+    assert "5/5 succeeded" in printed
+    assert (out / "results.md").read_text() == printed
+    results = json.loads((out / "results.json").read_text())
+    assert [len(entry["python_seconds"]) for entry in results["sizes"]] == [2, 2]
+    assert all(entry["server_peak_rss_kib"] > 0 for entry in results["sizes"])
+    assert len(results["key_exchange_seconds"]) == 5
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith("bench-")]  # cleaned up
+
+
+def test_chart(tmp_path: Path) -> None:
+    chart = pytest.importorskip("bench.chart", reason="matplotlib (bench/requirements.txt) is missing")
+    results = BenchResults(machine={"date": "today", "load average at start": "0"}, runs=1)
+    results.sizes.append(SizeResult(MIB, python_seconds=[0.01], scp_seconds=[0.02]))
+    chart.draw(results, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(find_sshd(install=False) is None, reason="no sshd (openssh-server)")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("scp") is None, reason="needs root and scp")
+def test_scp_reference(tmp_path: Path) -> None:
+    """The private sshd starts on 127.0.0.1, scp copies through it, and it stops."""
+    source = tmp_path / "source.bin"
+    make_file(source, 100_000)
+    with scp_target(tmp_path / "ssh", install=False) as target:
+        assert target is not None
+        sshd = target.sshd_process
+        assert sshd is not None
+        assert scp_send(target, source, tmp_path / "copy.bin") > 0
+        assert not (tmp_path / "copy.bin").exists()  # checked, then removed
+    assert sshd.poll() is not None
+    assert not (tmp_path / "ssh").exists()
+
+
+def test_server_timing_of_a_send(tmp_path: Path) -> None:
+    """The server's log line of a 1028, which times the C++ client, is found for its client."""
+    with OurServer(tmp_path / "data") as server:
+        sender = PythonSender(server, generate_rsa_key())
+        source = tmp_path / "file.bin"
+        make_file(source, 4096)
+        try:
+            sender.send(source)
+        finally:
+            sender.close()
+        assert len(server.send_file_ms(sender.client.client_id)) == 1

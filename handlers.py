@@ -95,6 +95,11 @@ def handle_public_key(ctx: RequestContext) -> Reply:
     client = ctx.db.get_client(ctx.header.client_id)
     if client is None or client.name != request.name:
         raise UnknownClient(f"no client {ctx.header.client_id.hex()} named {request.name!r}")
+    if client.public_key is not None and client.public_key != request.public_key:
+        # Whoever sees a client ID and name in clear could otherwise take the
+        # identity over with a key of their own (SECURITY.md §1). A client that
+        # lost its key registers anew; a repeated 1026 with the same key is fine.
+        raise MalformedPayload(f"client {client.name!r} already has a different public key")
     aes_key, wrapped = _new_wrapped_aes_key(ctx, request.public_key)
     ctx.db.set_keys(client.client_id, request.public_key, aes_key)
     return ResponseCode.AES_KEY, AesKeyResponse(client.client_id, wrapped).pack()

@@ -30,6 +30,7 @@ from test_conformance import expect, new_client, send_file_request
 import handlers
 import server as server_module
 from client import FileTransferClient
+from crypto_utils import export_public_key, generate_rsa_key
 from protocol import RequestCode, RequestHeader, ResponseCode, SendFileHead, encode_name, pack_request
 
 pytestmark = pytest.mark.usefixtures("ours")
@@ -411,3 +412,18 @@ def test_a_1_gib_transfer_keeps_server_memory_under_64_mib(
     assert stored_digest.digest() == digest.digest()
     print(f"server peak RSS after 1 GiB: {peak_mib:.1f} MiB")
     assert peak_mib < 64
+
+
+def test_a_different_public_key_for_a_keyed_client_gets_2107(
+    server: ServerProcess, unique_name: NameFactory
+) -> None:
+    """Decision (README): a stored key is never replaced, or an eavesdropper could take the ID over."""
+    name = unique_name()
+    with RawConnection(server.address) as conn:
+        client_id, aes_key = new_client(conn, name)
+        other_key = export_public_key(generate_rsa_key())
+        conn.send(pack_request(client_id, RequestCode.PUBLIC_KEY, encode_name(name) + other_key))
+        expect(conn, ResponseCode.GENERAL_ERROR, "§2 1026 key replacement")
+    assert server.query("SELECT PublicKey, AESKey FROM clients WHERE ID = ?", (client_id,)) == [
+        (export_public_key(RSA_KEY), aes_key)
+    ]

@@ -427,3 +427,23 @@ def test_a_different_public_key_for_a_keyed_client_gets_2107(
     assert server.query("SELECT PublicKey, AESKey FROM clients WHERE ID = ?", (client_id,)) == [
         (export_public_key(RSA_KEY), aes_key)
     ]
+
+
+def test_a_read_only_database_gets_2107_and_the_server_recovers(
+    in_process_server: _InProcessServer, caplog: pytest.LogCaptureFixture, unique_name: NameFactory
+) -> None:
+    """The database opened read-only (as after a remount, or a permissions change for a non-root
+    server): every write fails; the server answers 2107, logs why, and recovers when it is writable."""
+    database = in_process_server.server.db
+    writable = database._conn
+    database._conn = sqlite3.connect(f"file:{database.path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        with RawConnection(in_process_server.address) as conn:
+            conn.send(pack_request(bytes(16), RequestCode.REGISTER, encode_name(unique_name())))
+            expect(conn, ResponseCode.GENERAL_ERROR, "read-only database")
+            assert "readonly database" in caplog.text
+    finally:
+        database._conn.close()
+        database._conn = writable
+    with RawConnection(in_process_server.address) as conn:
+        new_client(conn, unique_name())

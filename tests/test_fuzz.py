@@ -72,6 +72,7 @@ class FuzzRun:
     target: Target
     log_at: int
     examples: int = 0
+    resets: int = 0  # streams whose connection the server reset (it closed with our bytes unread)
     responses: Counter[int] = field(default_factory=Counter)
 
 
@@ -315,6 +316,7 @@ def test_mutated_request_streams_get_only_valid_responses(server: ServerProcess)
         note(f"sent {len(pieces)} pieces: {[piece.hex() for piece in pieces]}")
         received, reset = exchange(server, pieces)
         note(f"received (reset={reset}): {received.hex()}")
+        state.resets += reset
         responses = parse_responses(received, reset)
         state.responses.update(code.value for code, _ in responses)
         follow_new_keys(state.target, responses)
@@ -327,7 +329,10 @@ def test_mutated_request_streams_get_only_valid_responses(server: ServerProcess)
         state.log_at += len(log)
 
     run()
-    print(f"fuzzed streams: {state.examples} examples; responses: {sorted(state.responses.items())}")
+    print(
+        f"fuzzed streams: {state.examples} examples, {state.resets} reset by the server; "
+        f"responses: {sorted(state.responses.items())}"
+    )
     assert "Traceback" not in server.log_text()
 
 

@@ -16,18 +16,38 @@ import functools
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
-from collections.abc import Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from Crypto.PublicKey import RSA
 from support import REPO_ROOT, ServerProcess, free_port
 
-from crypto_utils import export_public_key
+from crypto_utils import (
+    CbcDecryptor,
+    cksum,
+    export_public_key,
+    generate_aes_key,
+    padding_length,
+    wrap_aes_key,
+)
+from protocol import (
+    FILE_RECEIVED,
+    NAME_FIELD_SIZE,
+    REQUEST_HEADER,
+    SEND_FILE_HEAD,
+    RequestCode,
+    ResponseCode,
+    pack_response,
+)
 
 ServerFactory = Callable[..., ServerProcess]
 ProxyFactory = Callable[..., tuple[str, int]]
@@ -414,3 +434,223 @@ def test_crlf_info_files(cpp_client: ClientBuild, server: ServerProcess, tmp_pat
     assert second.returncode == 0, second.stderr
     assert "Reconnected" in second.stdout
     assert len(query(server, "SELECT ID FROM clients")) == 1
+
+
+# --- a scripted server: the answers the real one never gives ------------------------------------
+
+# Replaces the honest response (header and payload, bytes) by what the test wants sent.
+Fault = Callable[[bytes], bytes]
+SERVER_ERROR: Fault = lambda _honest: pack_response(ResponseCode.GENERAL_ERROR)  # noqa: E731
+
+
+@dataclass(frozen=True)
+class Received:
+    connection: int  # 0 for the client's first connection, 1 for its second...
+    code: int
+
+
+@dataclass
+class FakeServer:
+    """Answers as PROTOCOL.md §2-3 says, except where `faults[(code, n)]` rewrites the answer to
+    the n-th request (counting from 1) with that code. Records every request it reads.
+
+    Small files only: a 1028 is read whole. One client identity, one AES key.
+    """
+
+    faults: dict[tuple[int, int], Fault]
+    received: list[Received] = field(default_factory=list)
+    client_id: bytes = field(default_factory=lambda: os.urandom(16))
+    aes_key: bytes = field(default_factory=generate_aes_key)
+    _counts: Counter[int] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _listener: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    @property
+    def codes(self) -> list[int]:
+        return [request.code for request in self.received]
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        for index in range(100):  # bounded: no test makes more connections
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection, index), daemon=True).start()
+
+    def _serve(self, connection: socket.socket, index: int) -> None:
+        with connection, connection.makefile("rb") as stream:
+            try:
+                while len(header := stream.read(REQUEST_HEADER.size)) == REQUEST_HEADER.size:
+                    _, _, code, size = REQUEST_HEADER.unpack(header)
+                    payload = stream.read(size)
+                    if len(payload) != size:
+                        return
+                    with self._lock:
+                        self.received.append(Received(index, code))
+                        self._counts[code] += 1
+                        fault = self.faults.get((code, self._counts[code]))
+                    honest = self._honest_answer(RequestCode(code), payload)
+                    answer = fault(honest) if fault else honest
+                    if answer:
+                        connection.sendall(answer)
+            except ConnectionError:
+                return  # the client dropped the connection (it does after a malformed answer)
+
+    def _honest_answer(self, code: RequestCode, payload: bytes) -> bytes:
+        if code == RequestCode.REGISTER:
+            return pack_response(ResponseCode.REGISTERED, self.client_id)
+        if code == RequestCode.PUBLIC_KEY:
+            wrapped = wrap_aes_key(payload[NAME_FIELD_SIZE:], self.aes_key)
+            return pack_response(ResponseCode.AES_KEY, self.client_id + wrapped)
+        if code == RequestCode.RECONNECT:
+            return pack_response(ResponseCode.RECONNECT_DENIED, self.client_id)
+        if code == RequestCode.SEND_FILE:
+            content_size, name_field = SEND_FILE_HEAD.unpack(payload[: SEND_FILE_HEAD.size])
+            content = bytearray(payload[SEND_FILE_HEAD.size :])
+            CbcDecryptor(self.aes_key, len(content)).decrypt_into(memoryview(content), memoryview(content))
+            plain = content[: len(content) - padding_length(bytes(content[-16:]))]
+            body = FILE_RECEIVED.pack(self.client_id, content_size, name_field, cksum(plain))
+            return pack_response(ResponseCode.FILE_RECEIVED, body)
+        if code == RequestCode.CRC_RETRY:
+            return b""  # §2: no response
+        return pack_response(ResponseCode.ACK, self.client_id)  # 1029, 1031
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def start(faults: dict[tuple[int, int], Fault] | None = None) -> FakeServer:
+        server = FakeServer(faults or {})
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def run_against(
+    build: ClientBuild, server: FakeServer, tmp_path: Path, content: bytes = b"x" * 100
+) -> ClientRun:
+    return run_client(build, make_work_dir(tmp_path, server.address, "scripted", "f.bin", content))
+
+
+REGISTER, PUBLIC_KEY, SEND_FILE, CRC_OK, CRC_RETRY, CRC_ABORT = 1025, 1026, 1028, 1029, 1030, 1031
+
+
+def test_server_errors_are_retried(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_server(
+        {(REGISTER, 1): SERVER_ERROR, (REGISTER, 2): SERVER_ERROR, (CRC_OK, 1): SERVER_ERROR}
+    )
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("server responded with an error") == 3
+    assert server.codes == [REGISTER, REGISTER, REGISTER, PUBLIC_KEY, SEND_FILE, CRC_OK, CRC_OK]
+    assert {request.connection for request in server.received} == {0}
+
+
+def test_fourth_server_error_is_fatal(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_server({(SEND_FILE, n): SERVER_ERROR for n in range(1, 5)})
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode != 0
+    assert run.stderr.count("server responded with an error") == 4
+    assert "Fatal: sending the file (1028) failed" in run.stderr
+    assert server.codes == [REGISTER, PUBLIC_KEY, SEND_FILE, SEND_FILE, SEND_FILE, SEND_FILE]
+
+
+def test_registration_refused_stops_at_once(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_server({(REGISTER, 1): lambda _: pack_response(ResponseCode.REGISTRATION_FAILED)})
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode != 0
+    assert "Fatal: registration failed (2101)" in run.stderr
+    assert server.codes == [REGISTER]
+    assert not (tmp_path / "work" / "me.info").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "fault"),
+    [
+        pytest.param(CRC_OK, lambda honest: honest[:7] + bytes(16), id="2104-other-client-id"),
+        pytest.param(SEND_FILE, lambda honest: honest[:23] + b"\0\0\0\0" + honest[27:], id="2103-wrong-size"),
+        pytest.param(SEND_FILE, lambda honest: honest[:27] + b"g.bin\0" + honest[33:], id="2103-other-name"),
+        pytest.param(SEND_FILE, lambda _: pack_response(ResponseCode.ACK, bytes(16)), id="2104-for-1028"),
+    ],
+)
+def test_unexpected_answer_is_retried_on_the_same_connection(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path, code: int, fault: Fault
+) -> None:
+    server = fake_server({(code, 1): fault})
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("server responded with an error") == 1
+    assert server.codes.count(code) == 2
+    assert {request.connection for request in server.received} == {0}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda honest: b"\x02" + honest[1:], id="version-2"),
+        pytest.param(
+            lambda honest: honest[:1] + (2108).to_bytes(2, "little") + honest[3:], id="unknown-code"
+        ),
+        pytest.param(lambda honest: honest[:3] + (2**32 - 1).to_bytes(4, "little"), id="huge-size"),
+        pytest.param(lambda honest: honest[:3] + (200).to_bytes(4, "little") + honest[7:], id="short-size"),
+    ],
+)
+def test_broken_framing_is_retried_on_a_new_connection(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path, fault: Fault
+) -> None:
+    server = fake_server({(SEND_FILE, 1): fault})
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "malformed response" in run.stderr
+    assert server.received == [
+        Received(0, REGISTER),
+        Received(0, PUBLIC_KEY),
+        Received(0, SEND_FILE),
+        Received(1, SEND_FILE),
+        Received(1, CRC_OK),
+    ]
+
+
+def test_checksum_mismatch_sequence(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    """1030 is followed at once by the next 1028 (no response read); 1031 after the fourth."""
+    wrong_cksum: Fault = lambda honest: honest[:-1] + bytes([honest[-1] ^ 1])  # noqa: E731
+    server = fake_server({(SEND_FILE, n): wrong_cksum for n in range(1, 5)})
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode != 0
+    assert run.stderr.count("checksum mismatch") == 4
+    assert server.codes == [REGISTER, PUBLIC_KEY] + [SEND_FILE, CRC_RETRY] * 3 + [SEND_FILE, CRC_ABORT]
+
+
+@pytest.mark.slow
+def test_silent_server_times_out(
+    cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_server({(REGISTER, 1): lambda _: b""})
+    started = time.monotonic()
+    run = run_against(cpp_client, server, tmp_path)
+    assert run.returncode != 0
+    assert "Fatal: waiting for the server's response: no answer" in run.stderr
+    assert time.monotonic() - started < CLIENT_TIMEOUT

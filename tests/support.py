@@ -1,27 +1,35 @@
-"""Test support: a real server in a subprocess, raw connections, a corrupting proxy.
+"""Test support: a real server in a subprocess, raw connections, a corrupting proxy, client runs.
 
 The server under test is either ours (`server.py` of this repository, run on
-port 0 with a temporary data directory) or a submission folder copied to a
+port 0 with a temporary data directory), or a submission folder copied to a
 temporary place (`--server-dir`), or one already running (`--server`). Tests
 reach it only through the wire and, where they need it, the database schema
 that PROTOCOL.md §5 fixes, so the same tests grade other implementations.
+
+Every wait is bounded: a server that hangs fails the test that waited for it
+(with a message saying what did not arrive) instead of stalling the run.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import pytest
 
 from protocol import (
     REQUEST_HEADER,
@@ -34,34 +42,76 @@ from protocol import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_PY = REPO_ROOT / "server.py"
 START_TIMEOUT = 20.0  # seconds for a server to start listening
-READ_TIMEOUT = 10.0  # seconds a test waits for any one response
+READ_TIMEOUT = 10.0  # seconds a test waits for one response (ours may wait 5 s on a locked database)
+STOP_TIMEOUT = 5.0  # seconds a server gets to exit after SIGTERM before it is killed
+CLIENT_TIMEOUT = 30.0  # seconds for one run of a client program (§6), sanitizer builds included
+POLL_INTERVAL = 0.05  # seconds between two looks at a condition that has a deadline
 LISTENING_LINE = re.compile(r"listening on [^ ]+:(\d+)")
+# What a copy of a submission leaves behind: its state (so that every test starts clean) and
+# what is big and useless to a server run (virtual environments, caches, build trees).
+SUBMISSION_LEFTOVERS = shutil.ignore_patterns(
+    "defensive.db*", "__pycache__", "*.pyc", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "build"
+)
+NOT_IN_THE_FOLDER = "needs the server's folder (--server-dir): --server gives only its address"
 
 
 class ServerStartError(RuntimeError):
     pass
 
 
-@dataclass
+class NoResponse(AssertionError):
+    """The server sent nothing (and did not close) within the read timeout."""
+
+
+def wait_until(condition: Callable[[], object], timeout: float = READ_TIMEOUT) -> bool:
+    """Poll `condition()` until it is true or `timeout` seconds pass; its last value, as a bool.
+
+    For effects the server makes after its response (a connection it notices
+    closed): a bounded wait for a condition, not a sleep standing in for one.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return bool(condition())
+        threading.Event().wait(POLL_INTERVAL)
+    return True
+
+
 class ServerProcess:
     """A server in a subprocess: ours, or a submission's `server.py` in a copied folder.
 
-    `data_dir` holds `defensive.db` and the storage; `log_path` what the server printed.
+    `data_dir` holds `defensive.db` and the storage (for a submission: its
+    folder, `server_dir`); `log_path` what the server printed.
     """
 
-    server_dir: Path
-    data_dir: Path
-    python: str = sys.executable
-    ours: bool = True
-    extra_args: list[str] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-    _pump: threading.Thread | None = None
+    def __init__(
+        self,
+        server_dir: Path,
+        data_dir: Path,
+        python: str = sys.executable,
+        ours: bool = True,
+        extra_args: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self._server_dir = server_dir
+        self._data_dir = data_dir
+        self.python = python
+        self.ours = ours
+        self.extra_args = list(extra_args or [])
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        # A submission's own files stay its own: its output goes beside its folder, not into it.
+        self.log_path = log_path or data_dir / "server.log"
+        self._pump: threading.Thread | None = None
 
-    def __post_init__(self) -> None:
-        self.log_path = self.data_dir / "server.log"
+    @property
+    def server_dir(self) -> Path:
+        return self._server_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
 
     @property
     def db_path(self) -> Path:
@@ -70,6 +120,10 @@ class ServerProcess:
     @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
+
+    @property
+    def description(self) -> str:
+        return "this repository's server.py" if self.ours else f"{self.server_dir}/server.py"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -114,45 +168,70 @@ class ServerProcess:
         )
         self._pump.start()
         if not found.wait(START_TIMEOUT) or self.process.poll() is not None:
+            exited = self.process.poll()
             self.stop()
-            raise ServerStartError(f"server did not start:\n{self.log_text()}")
+            raise ServerStartError(
+                self._start_failure(exited, None if exited is not None else 'did not log "listening on"')
+            )
 
     def _start_foreign(self) -> None:
-        """A submission: port.info with a free port, `python server.py` from its folder."""
+        """A submission: port.info with a free port, `python server.py` from its folder (§5)."""
         self.port = free_port()
         (self.server_dir / "port.info").write_text(f"{self.port}\n")
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [self.python, "server.py"],
-            cwd=self.server_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.python, "server.py"],
+                cwd=self.server_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+                # Its own process group: stopping it stops whatever it started, and nothing else.
+                start_new_session=os.name == "posix",
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerStartError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                socket.create_connection(self.address, timeout=0.2).close()
+                raise ServerStartError(self._start_failure(self.stop()))
+            host = listening_host(self.port)
+            if host is not None:
+                self.host = host
                 return
-            except OSError:
-                time.sleep(0.05)
+            threading.Event().wait(POLL_INTERVAL)
         self.stop()
-        raise ServerStartError(f"server did not listen on {self.port}:\n{self.log_text()}")
+        raise ServerStartError(self._start_failure(None, f"did not listen on port {self.port} (port.info)"))
+
+    def _start_failure(self, status: int | None, what: str | None = None) -> str:
+        """A message whose first line says what happened and the output's last line (the error)."""
+        output = self.log_text().strip()
+        last_line = output.splitlines()[-1].strip() if output else "(no output)"
+        what = what or f"exited with status {status}"
+        return (
+            f"the server ({self.description}) {what} within {START_TIMEOUT:.0f} s of its start: "
+            f"{last_line}\n--- its output ---\n{output}"
+        )
+
+    def _signal(self, signum: int) -> None:
+        assert self.process is not None
+        if not self.ours and os.name == "posix":
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signum)
+        elif self.process.poll() is None:
+            self.process.send_signal(signum)
 
     def stop(self) -> int | None:
-        """SIGTERM, and SIGKILL if it does not stop; the exit status."""
+        """SIGTERM, and SIGKILL if it does not stop in time; the exit status."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait()
+        if not self.ours and os.name == "posix":
+            self._signal(signal.SIGKILL)  # anything the submission started and left running
         status = self.process.returncode
         self.process = None
         if self._pump is not None:
@@ -163,20 +242,43 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind in the server."""
         if self.process is not None:
-            self.process.kill()
+            self._signal(signal.SIGKILL)
         self.stop()
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
+    def exit_status(self) -> int | None:
+        """The exit status if the server has exited on its own (crashed); None while it runs."""
+        return None if self.process is None else self.process.poll()
+
     def log_text(self) -> str:
         return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the server's database (PROTOCOL.md §5 schema) while it runs."""
-        with closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as db:
-            return db.execute(sql, params).fetchall()
+        """Read the server's database (PROTOCOL.md §5 schema) while it runs.
+
+        A submission whose database lacks that schema fails the schema test
+        (test_conformance.py, §5 database); every other check of its database
+        is then reported as not run, rather than failed for the same defect.
+        """
+        if not self.db_path.exists():
+            self._no_schema("there is no defensive.db beside server.py")
+        try:
+            with closing(
+                sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+            ) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as err:
+            if re.match(r"no such (table|column)", str(err)):
+                self._no_schema(str(err))
+            raise AssertionError(f"§5 database: {err} (in {sql})") from err
+
+    def _no_schema(self, reason: str) -> None:
+        if self.ours:
+            raise AssertionError(f"§5 database: {reason}")
+        pytest.skip(f"the database does not have the §5 schema ({reason}); see the §5 database test")
 
     def peak_rss_kib(self) -> int:
         """The process's peak resident set size (VmHWM), in KiB."""
@@ -187,11 +289,96 @@ class ServerProcess:
         return int(match.group(1))
 
 
+class ExternalServer(ServerProcess):
+    """A server someone else started (`--server HOST:PORT`): only its address is known.
+
+    What needs its folder, its database or its process (a restart, a kill)
+    skips the test that asked, with the reason: "not run", not "failed".
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(Path(), Path(), ours=False, log_path=Path(os.devnull))
+        self.host = host
+        self.port = port
+
+    @property
+    def server_dir(self) -> Path:
+        pytest.skip(NOT_IN_THE_FOLDER)
+
+    @property
+    def data_dir(self) -> Path:
+        pytest.skip(NOT_IN_THE_FOLDER)
+
+    @property
+    def description(self) -> str:
+        return f"the server at {self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Already running: nothing to start (its reachability is checked once per session)."""
+
+    def stop(self) -> int | None:
+        return None
+
+    def kill(self) -> None:
+        pytest.skip("needs to kill the server: --server gives only its address")
+
+    def restart(self) -> None:
+        pytest.skip("needs to restart the server: --server gives only its address")
+
+    def log_text(self) -> str:
+        return ""
+
+    def peak_rss_kib(self) -> int:
+        pytest.skip("needs the server's process: --server gives only its address")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def listening_host(port: int) -> str | None:
+    """The address to reach a server listening on `port` at, or None if nothing listens yet.
+
+    Read from the kernel's socket tables where there are some (Linux), so that
+    waiting for a submission does not connect to it: a connection that closes
+    without a byte is a case of its own, for a test to check, not for start-up.
+    Elsewhere: a connection attempt.
+    """
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return None
+        return "127.0.0.1"
+    addresses = []
+    for table in tables:
+        with suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address_hex, port_hex = local.split(":")
+                if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                    addresses.append(_kernel_address(address_hex))
+    if not addresses:
+        return None
+    if any(address.version == 4 and (address.is_unspecified or address.is_loopback) for address in addresses):
+        return "127.0.0.1"
+    if any(address.is_unspecified or address.is_loopback for address in addresses):
+        return "::1"
+    return str(addresses[0])  # bound to one interface's address only
+
+
+def _kernel_address(address_hex: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(address_hex)
+    words = b"".join(raw[index : index + 4][::-1] for index in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 @contextmanager
@@ -213,8 +400,7 @@ def running_server(
 
 def copy_submission(source: Path, destination: Path) -> Path:
     """A submission folder copied without its state, so that each test starts clean."""
-    ignore = shutil.ignore_patterns("defensive.db*", "storage", "__pycache__", ".git", "build")
-    shutil.copytree(source, destination, ignore=ignore)
+    shutil.copytree(source, destination, ignore=SUBMISSION_LEFTOVERS)
     return destination
 
 
@@ -233,6 +419,7 @@ class RawConnection:
 
     def __init__(self, address: tuple[str, int], timeout: float = READ_TIMEOUT) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
+        self.timeout = timeout
         self._buffer = bytearray()
 
     def close(self) -> None:
@@ -254,6 +441,11 @@ class RawConnection:
                 data = self.sock.recv(65536)
             except ConnectionResetError:
                 data = b""
+            except TimeoutError:
+                raise NoResponse(
+                    f"nothing from the server for {self.timeout:.0f} s "
+                    f"(after {len(self._buffer)} of {size} awaited bytes): it hangs"
+                ) from None
             if not data:
                 break
             self._buffer += data
@@ -263,11 +455,13 @@ class RawConnection:
 
     def receive(self) -> RawResponse:
         raw = self._read(RESPONSE_HEADER.size)
-        assert len(raw) == RESPONSE_HEADER.size, f"connection closed after {len(raw)} header bytes"
+        assert len(raw) == RESPONSE_HEADER.size, (
+            f"the server closed the connection instead of answering ({len(raw)} header bytes)"
+        )
         header = ResponseHeader.unpack(raw)
         assert header.payload_size <= 1024, f"absurd response payload size {header.payload_size}"
         payload = self._read(header.payload_size)
-        assert len(payload) == header.payload_size, "connection closed inside a response payload"
+        assert len(payload) == header.payload_size, "the server closed the connection inside a response"
         return RawResponse(header.version, header.code, payload)
 
     def rest_until_closed(self) -> bytes:
@@ -275,10 +469,13 @@ class RawConnection:
         return self._read(1 << 20)
 
     def is_closed(self) -> bool:
-        """True when the server has closed its side (and sent nothing more)."""
-        return self._read(1) == b""
+        """True when the server closes its side (sending nothing more) within the read timeout."""
+        try:
+            return self._read(1) == b""
+        except NoResponse:
+            return False
 
-    def silent_and_open(self, wait: float = 0.3) -> bool:
+    def silent_and_open(self, wait: float = 0.5) -> bool:
         """True if, for `wait` seconds, no byte arrives and the connection stays open.
 
         For 1030, which has no response. A bounded wait for an absence, not a
@@ -291,8 +488,10 @@ class RawConnection:
             self.sock.recv(1, socket.MSG_PEEK)
         except TimeoutError:
             return True
+        except ConnectionResetError:
+            return False
         finally:
-            self.sock.settimeout(READ_TIMEOUT)
+            self.sock.settimeout(self.timeout)
         return False  # a byte arrived, or the connection closed
 
 
@@ -313,6 +512,7 @@ class CorruptingProxy:
         self.remaining = corrupt if corrupt is not None else 2**31
         self.corrupted = 0
         self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._closed = False
@@ -321,6 +521,9 @@ class CorruptingProxy:
     def close(self) -> None:
         self._closed = True
         self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -328,7 +531,14 @@ class CorruptingProxy:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.upstream)
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=READ_TIMEOUT)
+            except OSError:
+                downstream.close()  # the client sees the server's refusal as a closed connection
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [downstream, upstream]
             threading.Thread(target=self._forward_requests, args=(downstream, upstream), daemon=True).start()
             threading.Thread(target=_pipe, args=(upstream, downstream), daemon=True).start()
 
@@ -341,27 +551,30 @@ class CorruptingProxy:
             return True
 
     def _forward_requests(self, downstream: socket.socket, upstream: socket.socket) -> None:
-        source = downstream.makefile("rb")
         try:
-            while header := source.read(REQUEST_HEADER.size):
-                upstream.sendall(header)
-                if len(header) < REQUEST_HEADER.size:
-                    break
-                _, _, code, size = REQUEST_HEADER.unpack(header)
-                flip_at = SEND_FILE_HEAD.size if code == RequestCode.SEND_FILE and self._take_one() else -1
-                sent = 0
-                while sent < size:
-                    chunk = bytearray(source.read(min(size - sent, 1 << 20)))
-                    if not chunk:
-                        return
-                    if sent <= flip_at < sent + len(chunk):
-                        chunk[flip_at - sent] ^= 0xFF
-                    upstream.sendall(chunk)
-                    sent += len(chunk)
-        except OSError:
-            pass
+            with downstream.makefile("rb") as source:
+                self._forward(source, upstream)
+        except (OSError, ValueError):
+            pass  # either side closed; ValueError: the proxy closed the socket under the reader
         finally:
             _shutdown(upstream)
+
+    def _forward(self, source: IO[bytes], upstream: socket.socket) -> None:
+        while header := source.read(REQUEST_HEADER.size):
+            upstream.sendall(header)
+            if len(header) < REQUEST_HEADER.size:
+                return
+            _, _, code, size = REQUEST_HEADER.unpack(header)
+            flip_at = SEND_FILE_HEAD.size if code == RequestCode.SEND_FILE and self._take_one() else -1
+            sent = 0
+            while sent < size:
+                chunk = bytearray(source.read(min(size - sent, 1 << 20)))
+                if not chunk:
+                    return
+                if sent <= flip_at < sent + len(chunk):
+                    chunk[flip_at - sent] ^= 0xFF
+                upstream.sendall(chunk)
+                sent += len(chunk)
 
 
 def _pipe(source: socket.socket, destination: socket.socket) -> None:
@@ -377,3 +590,60 @@ def _pipe(source: socket.socket, destination: socket.socket) -> None:
 def _shutdown(sock: socket.socket) -> None:
     with suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+
+
+# --- client programs, driven through transfer.info (§5, §6) -------------------
+
+
+@dataclass(frozen=True)
+class ClientRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + self.stderr).strip()
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of what the client printed, on one line, for a failure message."""
+        return " | ".join(self.output.splitlines()[-lines:]) or "(no output)"
+
+
+@dataclass(frozen=True)
+class ClientProgram:
+    """A client program run in a working folder holding transfer.info (PROTOCOL.md §5).
+
+    It reads transfer.info, writes me.info, and exits with status 0 when the
+    server holds a verified copy of the file: the reference client.py, or a
+    C++ client binary (`--client-exe`), ours or a student's.
+    """
+
+    command: tuple[str, ...]
+    description: str
+
+    @classmethod
+    def reference(cls) -> ClientProgram:
+        return cls((sys.executable, str(REPO_ROOT / "client.py")), "the reference client.py")
+
+    @classmethod
+    def executable(cls, path: Path) -> ClientProgram:
+        return cls((str(path.resolve()),), str(path))
+
+    def run(self, work_dir: Path, timeout: float = CLIENT_TIMEOUT) -> ClientRun:
+        try:
+            completed = subprocess.run(
+                self.command,
+                cwd=work_dir,
+                capture_output=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.description} did not finish within {timeout:.0f} s") from None
+        return ClientRun(
+            completed.returncode,
+            completed.stdout.decode("utf-8", "replace"),
+            completed.stderr.decode("utf-8", "replace"),
+        )

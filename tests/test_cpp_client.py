@@ -382,6 +382,17 @@ def test_server_not_running(cpp_client: ClientBuild, tmp_path: Path) -> None:
     assert not (work_dir / "me.info").exists()
 
 
+def test_file_too_large_for_the_protocol_is_refused(cpp_client: ClientBuild, tmp_path: Path) -> None:
+    """4 GiB + 1 (sparse): its 1028 sizes would not fit 32 bits, so it is refused before connecting."""
+    work_dir = make_work_dir(tmp_path, ("127.0.0.1", free_port()), "big", "huge.bin", None)
+    with (work_dir / "huge.bin").open("wb") as huge:
+        huge.truncate(2**32 + 1)
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode != 0
+    assert "Fatal: 'huge.bin' is 4294967297 bytes" in run.stderr
+    assert "cannot connect" not in run.stderr
+
+
 def test_missing_transfer_info(cpp_client: ClientBuild, tmp_path: Path) -> None:
     run = run_client(cpp_client, tmp_path)
     assert run.returncode != 0

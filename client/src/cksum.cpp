@@ -11,7 +11,7 @@ using Tables = std::array<std::array<std::uint32_t, 256>, 8>;
 
 // tables[0][b] is the CRC register after shifting byte b in from the top; tables[k][b] is the
 // same byte followed by k zero bytes, which lets the loop below consume 8 bytes per step.
-constexpr Tables make_tables() {
+Tables make_tables() {
     Tables tables{};
     for (std::uint32_t byte = 0; byte < 256; ++byte) {
         std::uint32_t crc = byte << 24;
@@ -29,7 +29,9 @@ constexpr Tables make_tables() {
     return tables;
 }
 
-constexpr Tables kTables = make_tables();
+// Built once at start-up rather than as a constexpr variable: 4096 entries would run into
+// MSVC's default limit on constant-evaluation steps.
+const Tables kTables = make_tables();
 
 inline std::uint32_t feed_byte(std::uint32_t crc, std::uint8_t byte) {
     return (crc << 8) ^ kTables[0][((crc >> 24) ^ byte) & 0xFFu];

@@ -47,6 +47,10 @@ class DatabaseError(Exception):
     """The database could not carry out an operation (locked, read-only, corrupt)."""
 
 
+class ConstraintViolation(DatabaseError):
+    """A change broke a constraint: a taken name, a file of a client that is gone."""
+
+
 @dataclass(frozen=True)
 class ClientRecord:
     client_id: bytes
@@ -116,8 +120,8 @@ class Database:
             with self._lock, self._conn:
                 cursor = self._conn.execute(sql, params)
                 return _Result(cursor.fetchall(), cursor.rowcount)
-        except sqlite3.IntegrityError:
-            raise
+        except sqlite3.IntegrityError as err:
+            raise ConstraintViolation(f"{err} (in: {sql.split(maxsplit=1)[0]} ...)") from err
         except sqlite3.Error as err:
             raise DatabaseError(f"{err} (in: {sql.split(maxsplit=1)[0]} ...)") from err
 
@@ -138,7 +142,7 @@ class Database:
                 "INSERT INTO clients (ID, Name, LastSeen) VALUES (?, ?, ?)",
                 (client_id, name, _now()),
             )
-        except sqlite3.IntegrityError:
+        except ConstraintViolation:
             return None
         return client_id
 

@@ -140,8 +140,9 @@ def handle_send_file(ctx: RequestContext) -> Reply:
             checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
         # Record first (unverified), then move into place: a crash in between
         # leaves at worst an unverified record, never a verified stale file.
-        ctx.db.put_file(client.client_id, head.file_name, path_name)
-        ctx.store.commit_partial(partial, path_name)
+        with ctx.store.placement_lock:
+            ctx.db.put_file(client.client_id, head.file_name, path_name)
+            ctx.store.commit_partial(partial, path_name)
     except BaseException:
         ctx.store.discard_partial(partial)
         raise
@@ -198,10 +199,11 @@ def handle_crc_abort(ctx: RequestContext) -> Reply:
     """
     client = _registered_client(ctx)
     request = FileNameRequest.unpack(ctx.payload.read_all())
-    record = ctx.db.get_file(client.client_id, request.file_name)
-    if record is not None:
-        ctx.db.delete_file(client.client_id, request.file_name)
-        ctx.store.remove(record.path_name)
+    with ctx.store.placement_lock:
+        record = ctx.db.get_file(client.client_id, request.file_name)
+        if record is not None:
+            ctx.db.delete_file(client.client_id, request.file_name)
+            ctx.store.remove(record.path_name)
     return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
 
 

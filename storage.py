@@ -66,6 +66,10 @@ class FileStore:
         self.root.mkdir(mode=0o700, exist_ok=True)
         self._partials: set[Path] = set()
         self._partials_lock = threading.Lock()
+        # Held while a file's record and its stored file change together (a 1028
+        # moving a file into place, a 1031 removing one), so that two connections
+        # of one client cannot interleave the two steps.
+        self.placement_lock = threading.Lock()
 
     def path_name(self, client_id: bytes, file_name: str) -> str:
         """The `PathName` of a client's file: relative to the data directory, POSIX separators."""

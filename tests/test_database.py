@@ -1,0 +1,77 @@
+"""database.py on its own: schema, constraints, and errors turned into DatabaseError."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from database import ConstraintViolation, Database
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(tmp_path / "defensive.db")
+
+
+def test_schema_has_exactly_the_protocol_columns(db: Database) -> None:
+    with closing(sqlite3.connect(db.path)) as conn:
+        clients = [row[1] for row in conn.execute("PRAGMA table_info(clients)")]
+        files = [row[1] for row in conn.execute("PRAGMA table_info(files)")]
+    assert clients == ["ID", "Name", "PublicKey", "LastSeen", "AESKey"]
+    assert files == ["ID", "FileName", "PathName", "Verified"]
+    assert stat.S_IMODE(db.path.stat().st_mode) == 0o600
+
+
+def test_a_taken_name_is_none(db: Database) -> None:
+    assert db.register_client("alice") is not None
+    assert db.register_client("alice") is None
+
+
+def test_a_file_of_an_unknown_client_is_a_constraint_violation(db: Database) -> None:
+    with pytest.raises(ConstraintViolation):
+        db.put_file(bytes(16), "x.bin", "storage/x")
+
+
+def test_key_sizes_are_enforced_by_the_schema(db: Database) -> None:
+    client_id = db.register_client("bob")
+    assert client_id is not None
+    with pytest.raises(ConstraintViolation):
+        db.set_keys(client_id, b"short", bytes(16))
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "defensive.db"
+    with Database(path) as first:
+        client_id = first.register_client("carol")
+        assert client_id is not None
+        first.set_keys(client_id, bytes(160), bytes(16))
+        first.put_file(client_id, "a/x.bin", "storage/p")
+        assert first.set_verified(client_id, "a/x.bin")
+    with Database(path) as second:
+        record = second.get_client(client_id)
+        assert record is not None and record.name == "carol" and record.aes_key == bytes(16)
+        stored = second.get_file(client_id, "a/x.bin")
+        assert stored is not None and stored.verified and stored.path_name == "storage/p"
+
+
+def test_replacing_a_file_resets_verified(db: Database) -> None:
+    client_id = db.register_client("dave")
+    assert client_id is not None
+    db.put_file(client_id, "f", "storage/1")
+    db.set_verified(client_id, "f")
+    db.put_file(client_id, "f", "storage/1")
+    stored = db.get_file(client_id, "f")
+    assert stored is not None and not stored.verified
+
+
+def test_only_an_incomplete_registration_is_dropped(db: Database) -> None:
+    complete, incomplete = db.register_client("erin"), db.register_client("frank")
+    assert complete is not None and incomplete is not None
+    db.set_keys(complete, bytes(160), bytes(16))
+    assert not db.delete_incomplete_client(complete)
+    assert db.delete_incomplete_client(incomplete)
+    assert db.count_clients() == 1

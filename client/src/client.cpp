@@ -90,18 +90,7 @@ private:
     // Fails early, before anything is sent, for a file that cannot be sent at all.
     void check_file() {
         const fs::path path = file_path();
-        std::error_code error;
-        const auto status = fs::status(path, error);
-        if (error || !fs::exists(status)) {
-            throw FatalError("cannot read the file to send '" + transfer_.file_path + "': no such file");
-        }
-        if (!fs::is_regular_file(status)) {
-            throw FatalError("cannot send '" + transfer_.file_path + "': not a regular file");
-        }
-        const std::uintmax_t size = fs::file_size(path, error);
-        if (error) {
-            throw FatalError("cannot read the size of '" + transfer_.file_path + "': " + error.message());
-        }
+        const std::uintmax_t size = info::regular_file_size(path, "the file to send '" + transfer_.file_path + "'");
         if (size > proto::kMaxPlainFileSize) {
             throw FatalError("'" + transfer_.file_path + "' is " + std::to_string(size) +
                              " bytes; the protocol's 32-bit sizes allow at most " +

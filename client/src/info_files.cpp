@@ -164,19 +164,24 @@ std::string format_me_info(const MeInfo& me) {
     return text;
 }
 
-std::string read_small_file(const std::filesystem::path& path, std::uintmax_t max_size) {
+std::uintmax_t regular_file_size(const std::filesystem::path& path, const std::string& label) {
     std::error_code error;
     const auto status = std::filesystem::status(path, error);
     if (error || !std::filesystem::exists(status)) {
-        throw InfoFileError(path.string() + ": file not found in the working folder");
+        throw InfoFileError(label + ": no such file");
     }
     if (!std::filesystem::is_regular_file(status)) {
-        throw InfoFileError(path.string() + ": not a regular file");
+        throw InfoFileError(label + ": not a regular file");
     }
     const std::uintmax_t size = std::filesystem::file_size(path, error);
     if (error) {
-        throw InfoFileError(path.string() + ": cannot read its size: " + error.message());
+        throw InfoFileError(label + ": cannot read its size: " + error.message());
     }
+    return size;
+}
+
+std::string read_small_file(const std::filesystem::path& path, std::uintmax_t max_size) {
+    const std::uintmax_t size = regular_file_size(path, path.string());
     if (size > max_size) {
         throw InfoFileError(path.string() + ": " + std::to_string(size) + " bytes, larger than the " +
                             std::to_string(max_size) + " such a file can have");

@@ -59,6 +59,9 @@ std::string format_me_info(const MeInfo& me);
 // Printable ASCII (0x20..0x7E): what the protocol's text fields carry (section 1).
 bool is_printable_ascii(const std::string& text);
 
+// The size of the regular file at `path`. Throws InfoFileError, naming the file as `label`,
+// if it is missing, not a regular file, or its size cannot be read.
+std::uintmax_t regular_file_size(const std::filesystem::path& path, const std::string& label);
 // Reads a small text file whole. Throws InfoFileError if it is missing, not a regular file,
 // unreadable or larger than max_size.
 std::string read_small_file(const std::filesystem::path& path, std::uintmax_t max_size = kMaxInfoFileSize);

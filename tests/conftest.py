@@ -13,9 +13,10 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
-from grading import STARTED_SERVERS, STARTUP, target_of
+from grading import START_UP_CHECK, START_UP_POINT, STARTED_SERVERS, STARTUP, target_of
 from support import (
     READ_TIMEOUT,
     REPO_ROOT,
@@ -63,6 +64,13 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     started: list[ServerProcess] = []
     request.node.stash[STARTED_SERVERS] = started
 
+    def start_up_failed(failure: str) -> NoReturn:
+        """The first failure to start is this test's failure, filed under start-up; later ones skip."""
+        if not startup.started:
+            startup.failed_in = request.node.nodeid
+            request.node.user_properties += [("spec", START_UP_POINT), ("check", START_UP_CHECK)]
+        pytest.fail(f"{START_UP_POINT}: {failure}", pytrace=False)
+
     def start(extra_args: list[str] | None = None) -> ServerProcess:
         index = len(started)
         if target.ours:
@@ -73,33 +81,33 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
         if extra_args:
             pytest.skip("tests our own server's options")
         if startup.failed_in is not None and not startup.started:
-            pytest.skip(f"the server does not start: see {startup.failed_in}")
+            first = startup.failed_in.rpartition("::")[2]
+            pytest.skip(f"the server does not start ({START_UP_POINT}: see {first})")
         if target.address is not None:
             if index:
                 pytest.skip("needs a second server: --server gives one")
             problem = None if startup.started else _unreachable(target.address)
             if problem is not None:
-                startup.failed_in = request.node.nodeid
-                pytest.fail(problem, pytrace=False)
-            startup.started = True
-            external = ExternalServer(*target.address)
-            started.append(external)
-            return external
-        assert target.folder is not None
-        folder = copy_submission(target.folder, tmp_path / f"submission{index}")
-        process = ServerProcess(
-            folder,
-            folder,
-            python=target.python,
-            ours=False,
-            log_path=tmp_path / f"submission{index}.log",
-        )
-        try:
-            process.start()
-        except ServerStartError as err:
-            if not startup.started:
-                startup.failed_in = request.node.nodeid
-            pytest.fail(f"§5: {err}", pytrace=False)
+                start_up_failed(problem)
+            process = ExternalServer(*target.address)
+        else:
+            assert target.folder is not None
+            folder = copy_submission(target.folder, tmp_path / f"submission{index}")
+            process = ServerProcess(
+                folder,
+                folder,
+                python=target.python,
+                ours=False,
+                log_path=tmp_path / f"submission{index}.log",
+                label=f"{target.folder}/server.py",
+            )
+            failure: str | None = None
+            try:
+                process.start()
+            except ServerStartError as err:
+                failure = str(err)  # reported outside the handler: the output once, not chained twice
+            if failure is not None:
+                start_up_failed(failure)
         startup.started = True
         started.append(process)
         return process

@@ -32,6 +32,8 @@ import pytest
 from support import ClientProgram, ServerProcess
 
 SPEC_MARKER = "spec"
+START_UP_POINT = "§5 start-up"  # where a submission that does not start is reported
+START_UP_CHECK = "python server.py starts from its folder and listens on the port in port.info"
 TEST_TIMEOUT = 60.0  # seconds for one conformance test, set up and torn down, unless --timeout says
 MAX_DETAIL = 160  # characters of a failure's first line in the report
 
@@ -210,7 +212,9 @@ class GradeReport:
         spec = properties.get("spec")
         if spec is None:
             return
-        row = self.rows.setdefault(report.nodeid, Row(str(spec), _check_name(report.nodeid)))
+        check = str(properties.get("check") or _check_name(report.nodeid))
+        row = self.rows.setdefault(report.nodeid, Row(str(spec), check))
+        row.spec, row.check = str(spec), check
         if report.failed and row.result != "fail":
             row.result = "fail"
             row.detail = _first_line(report)
@@ -282,8 +286,6 @@ def _first_line(report: pytest.TestReport) -> str:
     line = lines[0] if lines else ""
     for prefix in ("AssertionError: ", "Failed: ", "Skipped: ", "support.NoResponse: "):
         line = line.removeprefix(prefix)
-    if report.when != "call" and report.failed:
-        line = f"(in {report.when}) {line}"
     return line if len(line) <= MAX_DETAIL else line[: MAX_DETAIL - 3] + "..."
 
 

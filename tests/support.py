@@ -52,7 +52,9 @@ LISTENING_LINE = re.compile(r"listening on [^ ]+:(\d+)")
 SUBMISSION_LEFTOVERS = shutil.ignore_patterns(
     "defensive.db*", "__pycache__", "*.pyc", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "build"
 )
-NOT_IN_THE_FOLDER = "needs the server's folder (--server-dir): --server gives only its address"
+NOT_IN_THE_FOLDER = (
+    "reads the server's database or folder: --server gives only its address (use --server-dir)"
+)
 
 
 class ServerStartError(RuntimeError):
@@ -92,8 +94,10 @@ class ServerProcess:
         ours: bool = True,
         extra_args: list[str] | None = None,
         log_path: Path | None = None,
+        label: str | None = None,
     ) -> None:
         self._server_dir = server_dir
+        self._label = label
         self._data_dir = data_dir
         self.python = python
         self.ours = ours
@@ -123,6 +127,8 @@ class ServerProcess:
 
     @property
     def description(self) -> str:
+        if self._label is not None:
+            return self._label
         return "this repository's server.py" if self.ours else f"{self.server_dir}/server.py"
 
     def start(self) -> None:
@@ -170,9 +176,8 @@ class ServerProcess:
         if not found.wait(START_TIMEOUT) or self.process.poll() is not None:
             exited = self.process.poll()
             self.stop()
-            raise ServerStartError(
-                self._start_failure(exited, None if exited is not None else 'did not log "listening on"')
-            )
+            what = None if exited is not None else f'did not log "listening on" within {START_TIMEOUT:.0f} s'
+            raise ServerStartError(self._start_failure(exited, what))
 
     def _start_foreign(self) -> None:
         """A submission: port.info with a free port, `python server.py` from its folder (§5)."""
@@ -199,17 +204,15 @@ class ServerProcess:
                 return
             threading.Event().wait(POLL_INTERVAL)
         self.stop()
-        raise ServerStartError(self._start_failure(None, f"did not listen on port {self.port} (port.info)"))
+        what = f"did not listen on port {self.port} (its port.info) within {START_TIMEOUT:.0f} s"
+        raise ServerStartError(self._start_failure(None, what))
 
     def _start_failure(self, status: int | None, what: str | None = None) -> str:
         """A message whose first line says what happened and the output's last line (the error)."""
         output = self.log_text().strip()
         last_line = output.splitlines()[-1].strip() if output else "(no output)"
-        what = what or f"exited with status {status}"
-        return (
-            f"the server ({self.description}) {what} within {START_TIMEOUT:.0f} s of its start: "
-            f"{last_line}\n--- its output ---\n{output}"
-        )
+        what = what or f"exited with status {status} at start-up"
+        return f"server.py {what}: {last_line}\n--- output of {self.description} ---\n{output}"
 
     def _signal(self, signum: int) -> None:
         assert self.process is not None

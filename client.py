@@ -68,7 +68,7 @@ MAX_CLIENT_NAME = 100  # transfer.info's limit on the name (§5)
 ATTEMPTS_PER_STEP = 4  # a step answered with 2107 is tried again up to 3 times (§6)
 SEND_ATTEMPTS = 4  # the fourth checksum mismatch ends the transfer with 1031 (§6)
 SOCKET_TIMEOUT = 60.0  # seconds to wait for the server before giving up
-CHUNK_SIZE = 256 * 1024  # plaintext read, checksummed and encrypted at a time
+CHUNK_SIZE = 256 * 1024  # plaintext read, checksummed and encrypted at a time (a multiple of 16)
 BASE64_LINE = 72  # line length of Crypto++'s Base64Encoder, which the C++ client reads
 PROGRESS_MIN_SIZE = 1024 * 1024
 
@@ -276,26 +276,33 @@ class FileTransferClient:
     def _stream_encrypted(
         self, source: BufferedIOBase, size: int, progress: Callable[[int], object] | None
     ) -> int:
-        """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum."""
+        """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum.
+
+        One buffer, encrypted in place, no allocation per chunk. CBC encryption
+        is the bottleneck (sequential by nature: pycryptodome does 500-600 MB/s
+        on one core here); a second thread to overlap it with the reads and
+        sends cost more CPU than it saved on two cores (README "Performance").
+        """
         assert self.aes_key is not None
         encryptor = CbcEncryptor(self.aes_key)
         checksum = Cksum()
-        plain = memoryview(bytearray(CHUNK_SIZE))
-        cipher = memoryview(bytearray(CHUNK_SIZE))
+        buffer = memoryview(bytearray(min(CHUNK_SIZE, size)))
         remaining = size
         tail = b""  # the last 0..15 bytes, padded by encrypt_final
         while remaining:
-            chunk = plain[: min(CHUNK_SIZE, remaining)]
+            chunk = buffer[: min(CHUNK_SIZE, remaining)]
             _read_into(source, chunk)
             remaining -= len(chunk)
             checksum.update(chunk)
             # Every chunk but the last is a whole number of blocks (CHUNK_SIZE is).
             whole = len(chunk) - len(chunk) % AES_BLOCK_SIZE
-            encryptor.encrypt_into(chunk[:whole], cipher[:whole])
-            self.sock.sendall(cipher[:whole])
-            tail = bytes(chunk[whole:])
+            if whole != len(chunk):
+                tail = bytes(chunk[whole:])
+                chunk = chunk[:whole]
+            encryptor.encrypt_into(chunk, chunk)
+            self.sock.sendall(chunk)
             if progress:
-                progress(len(chunk))
+                progress(len(chunk) + len(tail))
         self.sock.sendall(encryptor.encrypt_final(tail))
         return checksum.value
 

@@ -151,24 +151,31 @@ def handle_send_file(ctx: RequestContext) -> Reply:
 
 
 def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO) -> int:
-    """Decrypt `size` bytes of ciphertext from `payload` into `out`; return the cksum."""
+    """Decrypt `size` bytes of ciphertext from `payload` into `out`; return the cksum.
+
+    Two buffers for the whole transfer, whatever the file size: the socket is
+    read into one, which is decrypted into the other (decrypting in place would
+    need a copy of the ciphertext aside); that one is checksummed and written.
+    """
     decryptor = CbcDecryptor(key, CHUNK_SIZE)
     checksum = Cksum()
-    buffer = memoryview(bytearray(CHUNK_SIZE))
+    received = memoryview(bytearray(min(CHUNK_SIZE, size)))
+    plain_buffer = memoryview(bytearray(len(received)))
     remaining = size
     while remaining:
-        chunk = buffer[: min(CHUNK_SIZE, remaining)]
-        payload.readinto(chunk)
-        remaining -= len(chunk)
-        decryptor.decrypt_into(chunk, chunk)
+        ciphertext = received[: min(CHUNK_SIZE, remaining)]
+        payload.readinto(ciphertext)
+        remaining -= len(ciphertext)
+        plain = plain_buffer[: len(ciphertext)]
+        decryptor.decrypt_into(ciphertext, plain)
         if not remaining:
             try:
-                chunk = chunk[: len(chunk) - padding_length(chunk[-AES_BLOCK_SIZE:])]
+                plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]
             except CryptoError as err:
                 raise MalformedPayload(str(err)) from err
-        checksum.update(chunk)
+        checksum.update(plain)
         try:
-            out.write(chunk)  # unbuffered FileIO on a regular file writes it whole
+            out.write(plain)  # unbuffered FileIO on a regular file writes it whole
         except OSError as err:
             raise StorageError(f"cannot write the file: {err.strerror}") from err
     return checksum.value

@@ -202,17 +202,24 @@ class ServerProcess:
             if host is not None:
                 self.host = host
                 return
+            ports = listening_ports_of(self.process.pid)
+            elsewhere = [port for port in ports if port != self.port]
+            if elsewhere and self.port not in ports:
+                self.stop()
+                what = f"listens on {', '.join(map(str, elsewhere))}, not on {self.port} of port.info"
+                raise ServerStartError(self._start_failure(None, what))
             threading.Event().wait(POLL_INTERVAL)
         self.stop()
         what = f"did not listen on port {self.port} (its port.info) within {START_TIMEOUT:.0f} s"
         raise ServerStartError(self._start_failure(None, what))
 
     def _start_failure(self, status: int | None, what: str | None = None) -> str:
-        """A message whose first line says what happened and the output's last line (the error)."""
+        """A message whose first line says what happened (if it exited: its last line, the error)."""
         output = self.log_text().strip()
-        last_line = output.splitlines()[-1].strip() if output else "(no output)"
-        what = what or f"exited with status {status} at start-up"
-        return f"server.py {what}: {last_line}\n--- output of {self.description} ---\n{output}"
+        if what is None:
+            last_line = output.splitlines()[-1].strip() if output else "(no output)"
+            what = f"exited with status {status} at start-up: {last_line}"
+        return f"server.py {what}\n--- output of {self.description} ---\n{output}"
 
     def _signal(self, signum: int) -> None:
         assert self.process is not None
@@ -350,21 +357,13 @@ def listening_host(port: int) -> str | None:
     without a byte is a case of its own, for a test to check, not for start-up.
     Elsewhere: a connection attempt.
     """
-    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
-    if not tables[0].exists():
+    if not Path("/proc/net/tcp").exists():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
         except OSError:
             return None
         return "127.0.0.1"
-    addresses = []
-    for table in tables:
-        with suppress(OSError):
-            for line in table.read_text().splitlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address_hex, port_hex = local.split(":")
-                if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
-                    addresses.append(_kernel_address(address_hex))
+    addresses = [address for address, bound_port, _ in _listening_sockets() if bound_port == port]
     if not addresses:
         return None
     if any(address.version == 4 and (address.is_unspecified or address.is_loopback) for address in addresses):
@@ -372,6 +371,31 @@ def listening_host(port: int) -> str | None:
     if any(address.is_unspecified or address.is_loopback for address in addresses):
         return "::1"
     return str(addresses[0])  # bound to one interface's address only
+
+
+def listening_ports_of(pid: int) -> list[int]:
+    """The TCP ports process `pid` listens on (Linux; elsewhere none are known)."""
+    inodes = set()
+    with suppress(OSError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):
+                match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(descriptor))
+                if match:
+                    inodes.add(int(match.group(1)))
+    return sorted({port for _, port, inode in _listening_sockets() if inode in inodes})
+
+
+def _listening_sockets() -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, int]]:
+    """(address, port, inode) of every listening TCP socket in /proc/net/tcp and tcp6."""
+    found = []
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        with suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    address_hex, port_hex = fields[1].split(":")
+                    found.append((_kernel_address(address_hex), int(port_hex, 16), int(fields[9])))
+    return found
 
 
 def _kernel_address(address_hex: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import test_conformance
 from grading import START_UP_POINT
 from support import REPO_ROOT
 
@@ -197,3 +198,17 @@ def test_a_failed_start_shows_the_submissions_own_error(grading_runs: dict[str, 
     [detail] = [detail for spec, _, result, detail in report_rows(run.report) if result == "fail"]
     assert "No module named 'a_package_that_is_not_installed'" in detail
     assert output.count("Traceback (most recent call last)") == 1, "its output is shown once, not per test"
+
+
+def test_every_conformance_test_names_its_section() -> None:
+    """`test_s2_1030_...` carries `@spec("§2 1030")`: the id and the report agree (ours-only tests: none)."""
+    functions = {name: value for name, value in vars(test_conformance).items() if name.startswith("test_")}
+    assert len(functions) > 40
+    for name, function in functions.items():
+        sections = [mark.args[0] for mark in getattr(function, "pytestmark", []) if mark.name == "spec"]
+        if name.startswith("test_ours_"):
+            assert sections == [], f"{name} tests our own decisions: no spec point"
+            continue
+        assert len(sections) == 1, f"{name}: one spec marker, not {sections}"
+        number = str(sections[0]).removeprefix("§").split()[0]
+        assert name.startswith(f"test_s{number}_"), f"{name} checks {sections[0]}: call it test_s{number}_..."

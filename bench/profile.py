@@ -1,6 +1,6 @@
 """Where a large transfer's time goes: py-spy samples the server and the Python client.
 
-    python -m bench.profile [--size 1G] [--transfers 2] [--out bench/results]
+    python -m bench.profile [--size 1G] [--transfers 2] [--pre-encrypted] [--out bench/results]
 
 One server, one registered client in this process; py-spy (bench/requirements.txt;
 root, or ptrace allowed) records both processes, with native frames, while the
@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.processes import OurServer
 from bench.report import size_label
 from bench.run import RESULTS_DIR, parse_size
-from bench.workloads import PythonSender, make_file
+from bench.workloads import PreEncryptedSender, PythonSender, make_file
 from crypto_utils import generate_rsa_key
 
 SAMPLE_RATE = 250  # samples per second: enough for a few seconds of transfer
@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=parse_size("1G"), help="file size (default 1G)")
     parser.add_argument("--transfers", type=int, default=2, help="transfers recorded (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the raw samples")
+    parser.add_argument(
+        "--pre-encrypted",
+        action="store_true",
+        help="send content encrypted beforehand with sendfile(): the server's side alone",
+    )
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
         print("py-spy is missing: pip install -r bench/requirements.txt", file=sys.stderr)
@@ -83,13 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         source = work / "file.bin"
         make_file(source, args.size)
         with OurServer(work / "server") as server:
-            sender = PythonSender(server, generate_rsa_key())
+            rsa_key = generate_rsa_key()
+            sender = PythonSender(server, rsa_key)
+            pre = None
+            if args.pre_encrypted:
+                pre = PreEncryptedSender(server, rsa_key, source, work / "file.enc")
             outputs = {"server": args.out / "profile-server.txt", "client": args.out / "profile-client.txt"}
             recorders = [_record(server.pid, outputs["server"]), _record(os.getpid(), outputs["client"])]
             time.sleep(1.0)  # py-spy attaches
             started = time.perf_counter()
             for _ in range(args.transfers):
-                sender.send(source)
+                if pre is not None:
+                    pre.send()
+                else:
+                    sender.send(source)
             elapsed = time.perf_counter() - started
             sender.close()
             for recorder in recorders:

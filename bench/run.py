@@ -1,8 +1,9 @@
 """The benchmark's command line: `python -m bench [--quick] [options]`.
 
 In one run, for each file size: a fresh server, then runs interleaved (the
-Python client, the C++ client when built, scp; the order rotates from run to
-run), then the server's peak RSS. Then 100 clients at once, and 200 register +
+Python client, content encrypted beforehand and sent with sendfile() (what the
+server alone takes), the C++ client when built, scp; the order rotates from
+run to run), then the server's peak RSS. Then 100 clients at once, and 200 register +
 key exchanges one after another, each on a fresh server. Everything talks to
 127.0.0.1 only; test files live in a temporary folder under /tmp, removed at
 the end.
@@ -26,6 +27,7 @@ from bench.processes import OurServer, ScpTarget, scp_target
 from bench.report import MIB, BenchResults, SizeResult, describe_machine, size_label, table, write_results
 from bench.workloads import (
     CppSender,
+    PreEncryptedSender,
     PythonSender,
     concurrent_clients,
     find_cpp_client,
@@ -41,7 +43,7 @@ DEFAULT_SIZES = ["1M", "64M", "1G"]
 QUICK_SIZES = ["1M", "64M"]
 DEFAULT_RUNS = 5
 QUICK_RUNS = 3
-WARM_UP_LIMIT = 64 * MIB  # sizes up to this get one untimed transfer per tool first
+WARM_UP_LIMIT = 1024 * MIB  # sizes up to this get one untimed transfer per tool first
 SIZE_PATTERN = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 
 
@@ -103,10 +105,13 @@ def _bench_size(
     try:
         with OurServer(work / f"server-{label}") as server:
             result.server_start_rss_kib = server.peak_rss_kib()
-            python = PythonSender(server, generate_rsa_key())
+            rsa_key = generate_rsa_key()
+            python = PythonSender(server, rsa_key)
             tools: list[tuple[str, list[float], Callable[[], float]]] = [
                 ("python", result.python_seconds, lambda: python.send(source))
             ]
+            pre = PreEncryptedSender(server, rsa_key, source, work / f"file-{label}.enc")
+            tools.append(("pre-encrypted", result.pre_encrypted_seconds, pre.send))
             if cpp_binary is not None:
                 cpp = CppSender(cpp_binary, work / f"cpp-{label}", server)
                 tools.append(("c++", result.cpp_seconds, lambda: cpp.send(source)))
@@ -129,6 +134,7 @@ def _bench_size(
             result.server_peak_rss_kib = server.peak_rss_kib()
     finally:
         source.unlink(missing_ok=True)
+        (work / f"file-{label}.enc").unlink(missing_ok=True)
     return result
 
 

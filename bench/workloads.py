@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import threading
@@ -29,6 +30,19 @@ from Crypto.PublicKey import RSA
 
 from bench.processes import BenchError, OurServer, ScpTarget
 from client import FileTransferClient
+from crypto_utils import CbcEncryptor, Cksum
+from protocol import (
+    AES_BLOCK_SIZE,
+    CLIENT_VERSION,
+    RESPONSE_HEADER,
+    FileReceivedResponse,
+    RequestCode,
+    RequestHeader,
+    ResponseCode,
+    ResponseHeader,
+    SendFileHead,
+    encrypted_size,
+)
 
 WRITE_CHUNK = 16 * 1024 * 1024  # bytes of random data written at a time to a test file
 TRANSFER_TIMEOUT = 600.0  # seconds one transfer may take before the benchmark gives up
@@ -71,6 +85,91 @@ class PythonSender:
 
     def close(self) -> None:
         self.client.close()
+
+
+class PreEncryptedSender:
+    """What the server alone can take: the content encrypted beforehand, sent with sendfile().
+
+    The Python client's CBC encryption is sequential and limits it; here it
+    is done once, untimed, with the key of a registered client, and each
+    timed 1028 is the kernel copying the encrypted file into the socket.
+    """
+
+    def __init__(self, server: OurServer, rsa_key: RSA.RsaKey, source: Path, encrypted: Path) -> None:
+        with FileTransferClient(*server.address) as client:
+            name = _unique_name("bench-pre")
+            if client.register(name) is None:
+                raise BenchError(f"registration of {name} refused")
+            aes_key = client.send_public_key(name, rsa_key)
+            self.client_id = client.client_id
+        self.server = server
+        self.encrypted = encrypted
+        self.file_name = source.name
+        self.checksum = _encrypt_file(source, encrypted, aes_key)
+
+    def send(self) -> float:
+        """Seconds from the first byte of the 1028 to the 2103, on a connection of its own."""
+        content_size = self.encrypted.stat().st_size
+        head = SendFileHead(content_size, self.file_name).pack()
+        # The header's payload size covers the head and the content that follows it.
+        header = RequestHeader(
+            self.client_id, CLIENT_VERSION, RequestCode.SEND_FILE, len(head) + content_size
+        )
+        request = header.pack() + head
+        with socket.create_connection(self.server.address, timeout=TRANSFER_TIMEOUT) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the clients do
+            started = time.perf_counter()
+            sock.sendall(request)
+            with self.encrypted.open("rb") as content:
+                sock.sendfile(content)
+            response = ResponseHeader.unpack(_receive_exact(sock, RESPONSE_HEADER.size))
+            payload = _receive_exact(sock, response.payload_size)
+            elapsed = time.perf_counter() - started
+        if response.code != ResponseCode.FILE_RECEIVED:
+            raise BenchError(f"pre-encrypted 1028 answered with {response.code}")
+        if FileReceivedResponse.unpack(payload).cksum != self.checksum:
+            raise BenchError("pre-encrypted 1028: the server's checksum differs")
+        return elapsed
+
+
+def _encrypt_file(source: Path, destination: Path, key: bytes) -> int:
+    """Encrypt `source` into `destination` as a client sends it; return the cksum of `source`."""
+    encryptor = CbcEncryptor(key)
+    checksum = Cksum()
+    buffer = memoryview(bytearray(WRITE_CHUNK))  # a multiple of 16
+    remaining = source.stat().st_size
+    tail = b""
+    with source.open("rb") as plain, destination.open("wb") as out:
+        while remaining:
+            chunk = buffer[: min(len(buffer), remaining)]
+            filled = 0
+            while filled < len(chunk):
+                count = plain.readinto(chunk[filled:])
+                if not count:
+                    raise BenchError(f"{source} shrank while it was being encrypted")
+                filled += count
+            remaining -= len(chunk)
+            checksum.update(chunk)
+            whole = len(chunk) - len(chunk) % AES_BLOCK_SIZE
+            encryptor.encrypt_into(chunk[:whole], chunk[:whole])
+            out.write(chunk[:whole])
+            tail = bytes(chunk[whole:])
+        out.write(encryptor.encrypt_final(tail))
+    if destination.stat().st_size != encrypted_size(source.stat().st_size):
+        raise BenchError(f"{destination} has not the size of the encrypted {source}")
+    return checksum.value
+
+
+def _receive_exact(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        count = sock.recv_into(view[filled:])
+        if not count:
+            raise BenchError("the server closed the connection")
+        filled += count
+    return bytes(buffer)
 
 
 @dataclass

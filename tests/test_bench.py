@@ -43,7 +43,7 @@ def test_small_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
         [
             "--sizes",
             "64K",
-            "100000",
+            "100001",  # not a multiple of 16: the padded tail
             "--runs",
             "2",
             "--clients",
@@ -62,11 +62,12 @@ def test_small_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert "| 64 KiB |" in printed and "| 100000 B |" in printed
+    assert "| 64 KiB |" in printed and "| 100001 B |" in printed
     assert "5/5 succeeded" in printed
     assert (out / "results.md").read_text() == printed
     results = json.loads((out / "results.json").read_text())
     assert [len(entry["python_seconds"]) for entry in results["sizes"]] == [2, 2]
+    assert [len(entry["pre_encrypted_seconds"]) for entry in results["sizes"]] == [2, 2]
     assert all(entry["server_peak_rss_kib"] > 0 for entry in results["sizes"])
     assert len(results["key_exchange_seconds"]) == 5
     assert not [path for path in tmp_path.iterdir() if path.name.startswith("bench-")]  # cleaned up
@@ -75,7 +76,7 @@ def test_small_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_chart(tmp_path: Path) -> None:
     chart = pytest.importorskip("bench.chart", reason="matplotlib (bench/requirements.txt) is missing")
     results = BenchResults(machine={"date": "today", "load average at start": "0"}, runs=1)
-    results.sizes.append(SizeResult(MIB, python_seconds=[0.01], scp_seconds=[0.02]))
+    results.sizes.append(SizeResult(MIB, python_seconds=[0.01], pre_encrypted_seconds=[0.005]))
     chart.draw(results, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
 

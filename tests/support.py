@@ -107,7 +107,6 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         # A submission's own files stay its own: its output goes beside its folder, not into it.
         self.log_path = log_path or data_dir / "server.log"
-        self._pump: threading.Thread | None = None
 
     @property
     def server_dir(self) -> Path:
@@ -153,31 +152,24 @@ class ServerProcess:
             "DEBUG",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert self.process.stderr is not None
-        found = threading.Event()
-
-        def pump(stream: IO[bytes], log: IO[bytes]) -> None:
-            """Copy the server's stderr to the log; note the port when it is announced."""
-            with stream, log:
-                for line in stream:
-                    log.write(line)
-                    log.flush()
-                    match = LISTENING_LINE.search(line.decode("utf-8", "replace"))
-                    if match and not found.is_set():
-                        self.port = int(match.group(1))
-                        found.set()
-            found.set()  # the server exited: stop waiting
-
-        self._pump = threading.Thread(
-            target=pump, args=(self.process.stderr, self.log_path.open("ab")), daemon=True
-        )
-        self._pump.start()
-        if not found.wait(START_TIMEOUT) or self.process.poll() is not None:
-            exited = self.process.poll()
-            self.stop()
-            what = None if exited is not None else f'did not log "listening on" within {START_TIMEOUT:.0f} s'
-            raise ServerStartError(self._start_failure(exited, what))
+        # Its output goes straight to the log file, not through a pipe and a thread: what it
+        # logged before it answered is in the file when the answer arrives.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.process.poll() is None and time.monotonic() < deadline:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                match = LISTENING_LINE.search(log.read().decode("utf-8", "replace"))
+            if match:
+                self.port = int(match.group(1))
+                return
+            threading.Event().wait(POLL_INTERVAL / 5)
+        exited = self.process.poll()
+        self.stop()
+        what = None if exited is not None else f'did not log "listening on" within {START_TIMEOUT:.0f} s'
+        raise ServerStartError(self._start_failure(exited, what))
 
     def _start_foreign(self) -> None:
         """A submission: port.info with a free port, `python server.py` from its folder (§5)."""
@@ -244,9 +236,6 @@ class ServerProcess:
             self._signal(signal.SIGKILL)  # anything the submission started and left running
         status = self.process.returncode
         self.process = None
-        if self._pump is not None:
-            self._pump.join()
-            self._pump = None
         return status
 
     def kill(self) -> None:

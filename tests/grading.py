@@ -218,6 +218,8 @@ class GradeReport:
         if report.failed and row.result != "fail":
             row.result = "fail"
             row.detail = _first_line(report)
+            if not row.detail.startswith("§"):
+                row.detail = f"{row.spec}: {row.detail}"  # an exception, not an assertion: name the point
             if "server_exit" in properties:
                 row.detail += f" (the server exited with status {properties['server_exit']})"
         elif report.skipped and row.result == "pass":

@@ -23,15 +23,20 @@ def draw(results: BenchResults, path: Path) -> None:
         ("ours, Python client", [entry.mb_per_s(entry.python_seconds) for entry in results.sizes]),
         ("ours, C++ client", [entry.mb_per_s(entry.cpp_seconds) for entry in results.sizes]),
         ("ours, server alone", [entry.mb_per_s(entry.pre_encrypted_seconds) for entry in results.sizes]),
+        (
+            "Python client, OpenSSL AES (experiment)",
+            [entry.mb_per_s(entry.openssl_seconds) for entry in results.sizes],
+        ),
         ("scp (aes128-gcm)", [entry.mb_per_s(entry.scp_seconds) for entry in results.sizes]),
     ]
     series = [(label, values) for label, values in series if any(v is not None for v in values)]
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    figure, axes = plt.subplots(figsize=(10, 5), dpi=100)
     width = 0.8 / max(len(series), 1)
     for index, (label, values) in enumerate(series):
         positions = [group + (index - (len(series) - 1) / 2) * width for group in range(len(results.sizes))]
         heights = [value or 0.0 for value in values]
-        bars = axes.bar(positions, heights, width, label=label)
+        color = "dimgray" if label.startswith("scp") else None  # the reference stands apart
+        bars = axes.bar(positions, heights, width, label=label, color=color)
         axes.bar_label(bars, labels=[f"{v:.0f}" if v else "" for v in values], fontsize=8)
     axes.set_xticks(range(len(results.sizes)), [size_label(entry.size) for entry in results.sizes])
     axes.set_xlabel("file size")

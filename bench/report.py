@@ -29,6 +29,7 @@ class SizeResult:
     size: int
     python_seconds: list[float] = field(default_factory=list)
     pre_encrypted_seconds: list[float] = field(default_factory=list)
+    openssl_seconds: list[float] = field(default_factory=list)  # bench/openssl_client.py
     cpp_seconds: list[float] = field(default_factory=list)
     scp_seconds: list[float] = field(default_factory=list)
     server_start_rss_kib: int = 0  # VmHWM of the fresh server before any transfer
@@ -109,23 +110,38 @@ def table(results: BenchResults) -> str:
         f"Load average (1, 5, 15 min) at start: {results.machine['load average at start']}. "
         f"Median of {results.runs} runs per figure; MB = 10^6 bytes.",
         "",
+        "Throughput (MB/s) and the server's peak RSS:",
+        "",
         "| file | ours, Python client | ours, C++ client | ours, server alone | scp aes128-gcm "
-        "| Python / scp | C++ / scp | server alone / scp | server peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Python client with OpenSSL AES (experiment) | server peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = [
+        "",
+        "Ratios ours / scp, measured in the same run:",
+        "",
+        "| file | Python client / scp | C++ client / scp | server alone / scp | Python + OpenSSL / scp |",
+        "|---|---:|---:|---:|---:|",
     ]
     for entry in results.sizes:
-        python = entry.mb_per_s(entry.python_seconds)
-        cpp = entry.mb_per_s(entry.cpp_seconds)
-        alone = entry.mb_per_s(entry.pre_encrypted_seconds)
+        label = size_label(entry.size)
         scp = entry.mb_per_s(entry.scp_seconds)
-        cells = [_cell(value, ".1f") for value in (python, cpp, alone, scp)]
-        cells += [_cell(_ratio(value, scp), ".2f") for value in (python, cpp, alone)]
-        cells.append(f"{entry.server_peak_rss_kib / 1024:.1f}")
-        lines.append(f"| {size_label(entry.size)} | " + " | ".join(cells) + " |")
+        ours = [
+            entry.mb_per_s(seconds)
+            for seconds in (entry.python_seconds, entry.cpp_seconds, entry.pre_encrypted_seconds)
+        ]
+        openssl = entry.mb_per_s(entry.openssl_seconds)
+        cells = [_cell(value, ".1f") for value in (*ours, scp, openssl)]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry.server_peak_rss_kib / 1024:.1f} |")
+        cells = [_cell(_ratio(value, scp), ".2f") for value in (*ours, openssl)]
+        ratios.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ratios
     lines += [
         "",
-        "Throughputs in MB/s. Server alone: the content encrypted beforehand (untimed) and sent "
-        "with sendfile(), so the client's CBC encryption is left out.",
+        "Server alone: the content encrypted beforehand (untimed) and sent with sendfile(), so the "
+        "client's CBC encryption is left out. Python client with OpenSSL AES: client.py with its "
+        "encryption loop on OpenSSL (the `cryptography` package) instead of pycryptodome, an "
+        "experiment (bench/openssl_client.py), not the shipped client.",
     ]
     if results.sizes:
         start = max(entry.server_start_rss_kib for entry in results.sizes) / 1024

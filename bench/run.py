@@ -2,8 +2,9 @@
 
 In one run, for each file size: a fresh server, then runs interleaved (the
 Python client, content encrypted beforehand and sent with sendfile() (what the
-server alone takes), the C++ client when built, scp; the order rotates from
-run to run), then the server's peak RSS. Then 100 clients at once, and 200 register +
+server alone takes), the Python client with OpenSSL's AES (an experiment, when
+`cryptography` is installed), the C++ client when built, scp; the order
+rotates from run to run), then the server's peak RSS. Then 100 clients at once, and 200 register +
 key exchanges one after another, each on a fresh server. Everything talks to
 127.0.0.1 only; test files live in a temporary folder under /tmp, removed at
 the end.
@@ -36,6 +37,7 @@ from bench.workloads import (
     remove_tree,
     scp_send,
 )
+from client import FileTransferClient
 from crypto_utils import generate_rsa_key
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -74,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-scp", action="store_true", help="leave out the scp reference")
     parser.add_argument("--no-cpp", action="store_true", help="leave out the C++ client even if built")
+    parser.add_argument("--no-openssl", action="store_true", help="leave out the OpenSSL client experiment")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install openssh-server")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
     parser.add_argument(
@@ -94,8 +97,24 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _openssl_client() -> type[FileTransferClient] | None:
+    """The experiment of bench/openssl_client.py, when `cryptography` is installed."""
+    if importlib.util.find_spec("cryptography") is None:
+        _say("cryptography is missing: the OpenSSL experiment is left out (bench/requirements.txt)")
+        return None
+    client_class: type[FileTransferClient] = importlib.import_module(
+        "bench.openssl_client"
+    ).OpenSslFileTransferClient
+    return client_class
+
+
 def _bench_size(
-    size: int, args: argparse.Namespace, work: Path, scp: ScpTarget | None, cpp_binary: Path | None
+    size: int,
+    args: argparse.Namespace,
+    work: Path,
+    scp: ScpTarget | None,
+    cpp_binary: Path | None,
+    openssl_client: type[FileTransferClient] | None,
 ) -> SizeResult:
     """Every tool on one file size, runs interleaved, on a fresh server."""
     label = size_label(size).replace(" ", "")
@@ -112,6 +131,11 @@ def _bench_size(
             ]
             pre = PreEncryptedSender(server, rsa_key, source, work / f"file-{label}.enc")
             tools.append(("pre-encrypted", result.pre_encrypted_seconds, pre.send))
+            senders = [python]
+            if openssl_client is not None:
+                openssl = PythonSender(server, rsa_key, openssl_client)
+                senders.append(openssl)
+                tools.append(("python+openssl", result.openssl_seconds, lambda: openssl.send(source)))
             if cpp_binary is not None:
                 cpp = CppSender(cpp_binary, work / f"cpp-{label}", server)
                 tools.append(("c++", result.cpp_seconds, lambda: cpp.send(source)))
@@ -130,7 +154,8 @@ def _bench_size(
                         speed = size / timings[-1] / 1e6
                         _say(f"  {size_label(size)} run {run + 1} {name}: {speed:.1f} MB/s")
             finally:
-                python.close()
+                for sender in senders:
+                    sender.close()
             result.server_peak_rss_kib = server.peak_rss_kib()
     finally:
         source.unlink(missing_ok=True)
@@ -141,6 +166,7 @@ def _bench_size(
 def run(args: argparse.Namespace) -> BenchResults:
     results = BenchResults(machine=describe_machine(), runs=args.runs)
     cpp_binary = None if args.no_cpp else find_cpp_client()
+    openssl_client = None if args.no_openssl else _openssl_client()
     if cpp_binary is None and not args.no_cpp:
         _say("C++ client not built (build/client/client): its column is left out")
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmp))
@@ -149,7 +175,7 @@ def run(args: argparse.Namespace) -> BenchResults:
         with scp_context as scp:
             for size in args.sizes:
                 _say(f"{size_label(size)}:")
-                results.sizes.append(_bench_size(size, args, work, scp, cpp_binary))
+                results.sizes.append(_bench_size(size, args, work, scp, cpp_binary, openssl_client))
         rsa_key = generate_rsa_key()
         if args.clients:
             _say(f"{args.clients} concurrent clients, {size_label(args.client_size)} each")

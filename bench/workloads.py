@@ -66,8 +66,13 @@ def _unique_name(prefix: str) -> str:
 class PythonSender:
     """One client registered with its AES key, on an open connection; sends files on demand."""
 
-    def __init__(self, server: OurServer, rsa_key: RSA.RsaKey) -> None:
-        self.client = FileTransferClient(*server.address, timeout=TRANSFER_TIMEOUT)
+    def __init__(
+        self,
+        server: OurServer,
+        rsa_key: RSA.RsaKey,
+        client_class: type[FileTransferClient] = FileTransferClient,
+    ) -> None:
+        self.client = client_class(*server.address, timeout=TRANSFER_TIMEOUT)
         name = _unique_name("bench-py")
         if self.client.register(name) is None:
             raise BenchError(f"registration of {name} refused")

@@ -28,7 +28,7 @@ from bench.run import RESULTS_DIR, parse_size
 from bench.workloads import PreEncryptedSender, PythonSender, make_file
 from crypto_utils import generate_rsa_key
 
-SAMPLE_RATE = 250  # samples per second: enough for a few seconds of transfer
+SAMPLE_RATE = 100  # samples per second; py-spy pauses the process for each (with --native)
 TOP = 12  # functions listed per process
 
 

@@ -143,7 +143,9 @@ class MeInfo:
         return cls(lines[0].strip(), client_id, private_key)
 
     def save(self, folder: Path) -> None:
-        key_base64 = base64.b64encode(self.private_key.export_key("DER")).decode("ascii")
+        # PKCS#8, as Crypto++'s RSA::PrivateKey::Save writes it: the C++ client reads these files too.
+        der = self.private_key.export_key("DER", pkcs=8)
+        key_base64 = base64.b64encode(der).decode("ascii")
         key_lines = "\n".join(textwrap.wrap(key_base64, BASE64_LINE))
         _write_private(folder / ME_INFO, f"{self.name}\n{self.client_id.hex()}\n{key_lines}\n")
         _write_private(folder / PRIVATE_KEY_FILE, f"{key_lines}\n")
@@ -193,7 +195,10 @@ class FileTransferClient:
             if header.payload_size <= max(RESPONSE_PAYLOAD_SIZES.values()):
                 self._read_exact(header.payload_size)  # keep the stream aligned for a retry
             wanted = "/".join(str(code.value) for code in expected)
-            raise ServerError(f"server answered {header.code}, expected {wanted}")
+            raise ServerError(
+                f"server answered {header.code} (version {header.version}), "
+                f"expected {wanted} (version {SERVER_VERSION})"
+            )
         code = ResponseCode(header.code)
         if header.payload_size != RESPONSE_PAYLOAD_SIZES[code]:
             raise ClientError(f"server sent {code.value} with a {header.payload_size}-byte payload")

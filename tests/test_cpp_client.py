@@ -19,6 +19,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -665,3 +666,38 @@ def test_silent_server_times_out(
     assert run.returncode != 0
     assert "Fatal: waiting for the server's response: no answer" in run.stderr
     assert time.monotonic() - started < CLIENT_TIMEOUT
+
+
+# --- the two clients share a working folder ---------------------------------------------------
+
+
+def run_python_client(work_dir: Path) -> ClientRun:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "client.py")],
+        check=False,
+        cwd=work_dir,
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    return ClientRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+@pytest.mark.parametrize("first", ["python", "cpp"])
+def test_me_info_carries_over_between_the_two_clients(
+    cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path, first: str
+) -> None:
+    """me.info and priv.key written by one client let the other reconnect (PKCS#8 in Base64)."""
+    content = pattern_bytes(10_000)
+    work_dir = make_work_dir(tmp_path, server.address, f"shared-{first}", "shared.bin", content)
+    clients: list[Callable[[], ClientRun]] = [
+        lambda: run_python_client(work_dir),
+        lambda: run_client(cpp_client, work_dir),
+    ]
+    for run in clients if first == "python" else reversed(clients):
+        result = run()
+        assert result.returncode == 0, result.stderr
+    me = read_me_info(work_dir)
+    assert query(server, "SELECT ID FROM clients") == [(me.client_id,)], "the second run reconnected"
+    assert_stored(server, me.client_id, "shared.bin", content)

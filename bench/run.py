@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench.processes import OurServer, ScpTarget, scp_target
+from bench.processes import BenchError, OurServer, ScpTarget, scp_target
 from bench.report import MIB, BenchResults, SizeResult, describe_machine, size_label, table, write_results
 from bench.workloads import (
     CppSender,
@@ -46,6 +46,9 @@ QUICK_SIZES = ["1M", "64M"]
 DEFAULT_RUNS = 5
 QUICK_RUNS = 3
 WARM_UP_LIMIT = 1024 * MIB  # sizes up to this get one untimed transfer per tool first
+# Tools whose failure leaves their column empty instead of stopping the benchmark: the C++
+# client is built and changed separately, and the OpenSSL client is an experiment.
+OPTIONAL_TOOLS = frozenset({"c++", "python+openssl"})
 SIZE_PATTERN = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 
 
@@ -76,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-scp", action="store_true", help="leave out the scp reference")
     parser.add_argument("--no-cpp", action="store_true", help="leave out the C++ client even if built")
+    parser.add_argument(
+        "--cpp-client", type=Path, help="the C++ client program (default: build/client/client if built)"
+    )
     parser.add_argument("--no-openssl", action="store_true", help="leave out the OpenSSL client experiment")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install openssh-server")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
@@ -106,6 +112,21 @@ def _openssl_client() -> type[FileTransferClient] | None:
         "bench.openssl_client"
     ).OpenSslFileTransferClient
     return client_class
+
+
+def _attempt(name: str, timings: list[float], send: Callable[[], float], failed: set[str]) -> float | None:
+    """One timed transfer; an optional tool that fails is left out of this size, not fatal."""
+    if name in failed:
+        return None
+    try:
+        return send()
+    except BenchError as err:
+        if name not in OPTIONAL_TOOLS:
+            raise
+        _say(f"  {name} failed and is left out: {err}")
+        failed.add(name)
+        timings.clear()
+        return None
 
 
 def _bench_size(
@@ -142,17 +163,20 @@ def _bench_size(
             if scp is not None:
                 destination = work / "scp-copy.bin"
                 tools.append(("scp", result.scp_seconds, lambda: scp_send(scp, source, destination)))
+            failed: set[str] = set()
             try:
                 if size <= WARM_UP_LIMIT:
-                    for _, _, send in tools:
-                        send()
+                    for name, timings, send in tools:
+                        _attempt(name, timings, send, failed)
                 for run in range(args.runs):
                     shift = run % len(tools)
                     for name, timings, send in tools[shift:] + tools[:shift]:
                         os.sync()  # start each run with no dirty pages of the previous one
-                        timings.append(send())
-                        speed = size / timings[-1] / 1e6
-                        _say(f"  {size_label(size)} run {run + 1} {name}: {speed:.1f} MB/s")
+                        seconds = _attempt(name, timings, send, failed)
+                        if seconds is not None:
+                            timings.append(seconds)
+                            speed = size / seconds / 1e6
+                            _say(f"  {size_label(size)} run {run + 1} {name}: {speed:.1f} MB/s")
             finally:
                 for sender in senders:
                     sender.close()
@@ -165,7 +189,7 @@ def _bench_size(
 
 def run(args: argparse.Namespace) -> BenchResults:
     results = BenchResults(machine=describe_machine(), runs=args.runs)
-    cpp_binary = None if args.no_cpp else find_cpp_client()
+    cpp_binary = None if args.no_cpp else args.cpp_client or find_cpp_client()
     openssl_client = None if args.no_openssl else _openssl_client()
     if cpp_binary is None and not args.no_cpp:
         _say("C++ client not built (build/client/client): its column is left out")

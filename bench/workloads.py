@@ -191,14 +191,17 @@ class CppSender:
         self.folder.mkdir(parents=True, exist_ok=True)
         host, port = self.server.address
         (self.folder / "transfer.info").write_text(f"{host}:{port}\n{self.name}\n{path}\n")
-        result = subprocess.run(
-            [str(self.binary)],
-            cwd=self.folder,
-            capture_output=True,
-            timeout=TRANSFER_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            result = subprocess.run(
+                [str(self.binary)],
+                cwd=self.folder,
+                capture_output=True,
+                timeout=TRANSFER_TIMEOUT,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise BenchError(f"C++ client: {err}") from err
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode("utf-8", "replace")
             raise BenchError(f"C++ client exited with {result.returncode}:\n{output}")

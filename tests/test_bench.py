@@ -76,6 +76,19 @@ def test_small_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not [path for path in tmp_path.iterdir() if path.name.startswith("bench-")]  # cleaned up
 
 
+def test_a_failing_cpp_client_leaves_its_column_empty(tmp_path: Path) -> None:
+    """The C++ client is built and changed separately: its failure must not stop the benchmark."""
+    broken = tmp_path / "client"
+    broken.write_text("#!/bin/sh\necho 'Fatal: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    out = tmp_path / "results"
+    arguments = ["--sizes", "64K", "--runs", "1", "--clients", "0", "--key-exchanges", "0"]
+    arguments += ["--no-scp", "--no-openssl", "--no-chart", "--cpp-client", str(broken)]
+    assert bench_run.main([*arguments, "--out", str(out), "--tmp", str(tmp_path)]) == 0
+    (entry,) = json.loads((out / "results.json").read_text())["sizes"]
+    assert entry["cpp_seconds"] == [] and len(entry["python_seconds"]) == 1
+
+
 def test_chart(tmp_path: Path) -> None:
     chart = pytest.importorskip("bench.chart", reason="matplotlib (bench/requirements.txt) is missing")
     results = BenchResults(machine={"date": "today", "load average at start": "0"}, runs=1)

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Throughput, memory and latency of the server, side by side with OpenSSH scp.",
     )
-    parser.add_argument("--quick", action="store_true", help="sizes 1M 64M, 3 runs (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="sizes 1M 64M, 3 runs (seconds, not minutes)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, help="file sizes (default: 1M 64M 1G)")
     parser.add_argument("--runs", type=int, help=f"timed runs per size and tool (default: {DEFAULT_RUNS})")
     parser.add_argument("--clients", type=int, default=100, help="concurrent clients (default: 100)")

@@ -412,7 +412,12 @@ def _progress_bar(total: int) -> Callable[[int], object] | None:
     if total < PROGRESS_MIN_SIZE or not sys.stderr.isatty():
         return None
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
-    update: Callable[[int], object] = bar.update
+
+    def update(count: int) -> None:
+        bar.update(count)
+        if bar.n >= total:
+            bar.close()  # clears the line before the client's last message
+
     return update
 
 

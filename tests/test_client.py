@@ -183,3 +183,27 @@ def test_malformed_me_info(tmp_path: Path) -> None:
     (tmp_path / "work" / "me.info").write_text("alice\nnot-hex\n!!!\n")
     result = run_client(tmp_path / "work")
     assert result.returncode == 1 and "me.info: malformed" in result.stderr
+
+
+def test_progress_bar_on_a_terminal_only(
+    server: ServerProcess, tmp_path: Path, unique_name: NameFactory
+) -> None:
+    """A tqdm bar for files over 1 MiB when stderr is a terminal, none otherwise.
+
+    The terminal is `script`'s pty, given a size as a real terminal has one.
+    """
+    folder = workdir(tmp_path, server.address, unique_name(), "big.bin", os.urandom(3 << 20))
+    command = f"stty cols 100 rows 24; {sys.executable} {REPO_ROOT / 'client.py'}"
+    on_terminal = subprocess.run(
+        ["script", "--quiet", "--return", "--command", command, "/dev/null"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert on_terminal.returncode == 0, on_terminal.stdout
+    assert "%|" in on_terminal.stdout and "B/s" in on_terminal.stdout
+    piped = run_client(folder)
+    assert piped.returncode == 0 and "%|" not in piped.stderr + piped.stdout

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages: the C++ client's toolchain and libraries (tests/test_cpp_client.py),
-# cksum (coreutils) for the checksum cross-check. Installed when missing and root.
-packages=(g++ cmake make libcrypto++-dev libboost-dev pkg-config coreutils)
+# cksum (coreutils) for the checksum cross-check, sshd and scp (openssh-server) for the
+# benchmark's scp reference (tests/test_bench.py). Installed when missing and root.
+packages=(g++ cmake make libcrypto++-dev libboost-dev pkg-config coreutils openssh-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

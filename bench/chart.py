@@ -23,10 +23,6 @@ def draw(results: BenchResults, path: Path) -> None:
         ("ours, Python client", [entry.mb_per_s(entry.python_seconds) for entry in results.sizes]),
         ("ours, C++ client", [entry.mb_per_s(entry.cpp_seconds) for entry in results.sizes]),
         ("ours, server alone", [entry.mb_per_s(entry.pre_encrypted_seconds) for entry in results.sizes]),
-        (
-            "Python client, OpenSSL AES (experiment)",
-            [entry.mb_per_s(entry.openssl_seconds) for entry in results.sizes],
-        ),
         ("scp (aes128-gcm)", [entry.mb_per_s(entry.scp_seconds) for entry in results.sizes]),
     ]
     series = [(label, values) for label, values in series if any(v is not None for v in values)]

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
+
 from bench.workloads import ConcurrencyResult, percentile
 
 MB = 1_000_000
@@ -29,7 +31,6 @@ class SizeResult:
     size: int
     python_seconds: list[float] = field(default_factory=list)
     pre_encrypted_seconds: list[float] = field(default_factory=list)
-    openssl_seconds: list[float] = field(default_factory=list)  # bench/openssl_client.py
     cpp_seconds: list[float] = field(default_factory=list)
     scp_seconds: list[float] = field(default_factory=list)
     server_start_rss_kib: int = 0  # VmHWM of the fresh server before any transfer
@@ -87,6 +88,8 @@ def describe_machine() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "pycryptodome": _package_version("pycryptodome"),
+        # The client's CBC encryption: its wheels bring their own OpenSSL, not the system's.
+        "cryptography": f"{_package_version('cryptography')} ({openssl_backend.openssl_version_text()})",
         "openssh": _command_output(["ssh", "-V"]),
         # Other work on the machine skews absolute figures (less so the ratios): say how much.
         "load average at start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
@@ -106,22 +109,23 @@ def table(results: BenchResults) -> str:
     lines = [
         f"Measured {results.machine['date']} on {results.machine['cpu']}, {results.machine['memory']}, "
         f"{results.machine['os']}; Python {results.machine['python']}, pycryptodome "
-        f"{results.machine['pycryptodome']}, {results.machine['openssh']}. "
+        f"{results.machine['pycryptodome']}, cryptography {results.machine['cryptography']}, "
+        f"{results.machine['openssh']}. "
         f"Load average (1, 5, 15 min) at start: {results.machine['load average at start']}. "
         f"Median of {results.runs} runs per figure; MB = 10^6 bytes.",
         "",
         "Throughput (MB/s) and the server's peak RSS:",
         "",
         "| file | ours, Python client | ours, C++ client | ours, server alone | scp aes128-gcm "
-        "| Python client with OpenSSL AES (experiment) | server peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     ratios = [
         "",
         "Ratios ours / scp, measured in the same run:",
         "",
-        "| file | Python client / scp | C++ client / scp | server alone / scp | Python + OpenSSL / scp |",
-        "|---|---:|---:|---:|---:|",
+        "| file | Python client / scp | C++ client / scp | server alone / scp |",
+        "|---|---:|---:|---:|",
     ]
     for entry in results.sizes:
         label = size_label(entry.size)
@@ -130,18 +134,15 @@ def table(results: BenchResults) -> str:
             entry.mb_per_s(seconds)
             for seconds in (entry.python_seconds, entry.cpp_seconds, entry.pre_encrypted_seconds)
         ]
-        openssl = entry.mb_per_s(entry.openssl_seconds)
-        cells = [_cell(value, ".1f") for value in (*ours, scp, openssl)]
+        cells = [_cell(value, ".1f") for value in (*ours, scp)]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry.server_peak_rss_kib / 1024:.1f} |")
-        cells = [_cell(_ratio(value, scp), ".2f") for value in (*ours, openssl)]
+        cells = [_cell(_ratio(value, scp), ".2f") for value in ours]
         ratios.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ratios
     lines += [
         "",
         "Server alone: the content encrypted beforehand (untimed) and sent with sendfile(), so the "
-        "client's CBC encryption is left out. Python client with OpenSSL AES: client.py with its "
-        "encryption loop on OpenSSL (the `cryptography` package) instead of pycryptodome, an "
-        "experiment (bench/openssl_client.py), not the shipped client.",
+        "client's CBC encryption is left out.",
     ]
     if results.sizes:
         start = max(entry.server_start_rss_kib for entry in results.sizes) / 1024

@@ -2,10 +2,9 @@
 
 In one run, for each file size: a fresh server, then runs interleaved (the
 Python client, content encrypted beforehand and sent with sendfile() (what the
-server alone takes), the Python client with OpenSSL's AES (an experiment, when
-`cryptography` is installed), the C++ client when built, scp; the order
-rotates from run to run), then the server's peak RSS. Then 100 clients at once, and 200 register +
-key exchanges one after another, each on a fresh server. Everything talks to
+server alone takes), the C++ client when built, scp; the order rotates from
+run to run), then the server's peak RSS. Then 100 clients at once, and 200
+register + key exchanges one after another, each on a fresh server. Everything talks to
 127.0.0.1 only; test files live in a temporary folder under /tmp, removed at
 the end.
 """
@@ -37,7 +36,6 @@ from bench.workloads import (
     remove_tree,
     scp_send,
 )
-from client import FileTransferClient
 from crypto_utils import generate_rsa_key
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -47,8 +45,8 @@ DEFAULT_RUNS = 5
 QUICK_RUNS = 3
 WARM_UP_LIMIT = 1024 * MIB  # sizes up to this get one untimed transfer per tool first
 # Tools whose failure leaves their column empty instead of stopping the benchmark: the C++
-# client is built and changed separately, and the OpenSSL client is an experiment.
-OPTIONAL_TOOLS = frozenset({"c++", "python+openssl"})
+# client is built and changed separately.
+OPTIONAL_TOOLS = frozenset({"c++"})
 SIZE_PATTERN = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 
 
@@ -82,7 +80,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cpp-client", type=Path, help="the C++ client program (default: build/client/client if built)"
     )
-    parser.add_argument("--no-openssl", action="store_true", help="leave out the OpenSSL client experiment")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install openssh-server")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
     parser.add_argument(
@@ -101,17 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _openssl_client() -> type[FileTransferClient] | None:
-    """The experiment of bench/openssl_client.py, when `cryptography` is installed."""
-    if importlib.util.find_spec("cryptography") is None:
-        _say("cryptography is missing: the OpenSSL experiment is left out (bench/requirements.txt)")
-        return None
-    client_class: type[FileTransferClient] = importlib.import_module(
-        "bench.openssl_client"
-    ).OpenSslFileTransferClient
-    return client_class
 
 
 def _attempt(name: str, timings: list[float], send: Callable[[], float], failed: set[str]) -> float | None:
@@ -135,7 +121,6 @@ def _bench_size(
     work: Path,
     scp: ScpTarget | None,
     cpp_binary: Path | None,
-    openssl_client: type[FileTransferClient] | None,
 ) -> SizeResult:
     """Every tool on one file size, runs interleaved, on a fresh server."""
     label = size_label(size).replace(" ", "")
@@ -152,11 +137,6 @@ def _bench_size(
             ]
             pre = PreEncryptedSender(server, rsa_key, source, work / f"file-{label}.enc")
             tools.append(("pre-encrypted", result.pre_encrypted_seconds, pre.send))
-            senders = [python]
-            if openssl_client is not None:
-                openssl = PythonSender(server, rsa_key, openssl_client)
-                senders.append(openssl)
-                tools.append(("python+openssl", result.openssl_seconds, lambda: openssl.send(source)))
             if cpp_binary is not None:
                 cpp = CppSender(cpp_binary, work / f"cpp-{label}", server)
                 tools.append(("c++", result.cpp_seconds, lambda: cpp.send(source)))
@@ -178,8 +158,7 @@ def _bench_size(
                             speed = size / seconds / 1e6
                             _say(f"  {size_label(size)} run {run + 1} {name}: {speed:.1f} MB/s")
             finally:
-                for sender in senders:
-                    sender.close()
+                python.close()
             result.server_peak_rss_kib = server.peak_rss_kib()
     finally:
         source.unlink(missing_ok=True)
@@ -190,7 +169,6 @@ def _bench_size(
 def run(args: argparse.Namespace) -> BenchResults:
     results = BenchResults(machine=describe_machine(), runs=args.runs)
     cpp_binary = None if args.no_cpp else args.cpp_client or find_cpp_client()
-    openssl_client = None if args.no_openssl else _openssl_client()
     if cpp_binary is None and not args.no_cpp:
         _say("C++ client not built (build/client/client): its column is left out")
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmp))
@@ -199,7 +177,7 @@ def run(args: argparse.Namespace) -> BenchResults:
         with scp_context as scp:
             for size in args.sizes:
                 _say(f"{size_label(size)}:")
-                results.sizes.append(_bench_size(size, args, work, scp, cpp_binary, openssl_client))
+                results.sizes.append(_bench_size(size, args, work, scp, cpp_binary))
         rsa_key = generate_rsa_key()
         if args.clients:
             _say(f"{args.clients} concurrent clients, {size_label(args.client_size)} each")

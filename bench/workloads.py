@@ -66,13 +66,8 @@ def _unique_name(prefix: str) -> str:
 class PythonSender:
     """One client registered with its AES key, on an open connection; sends files on demand."""
 
-    def __init__(
-        self,
-        server: OurServer,
-        rsa_key: RSA.RsaKey,
-        client_class: type[FileTransferClient] = FileTransferClient,
-    ) -> None:
-        self.client = client_class(*server.address, timeout=TRANSFER_TIMEOUT)
+    def __init__(self, server: OurServer, rsa_key: RSA.RsaKey) -> None:
+        self.client = FileTransferClient(*server.address, timeout=TRANSFER_TIMEOUT)
         name = _unique_name("bench-py")
         if self.client.register(name) is None:
             raise BenchError(f"registration of {name} refused")
@@ -141,12 +136,12 @@ def _encrypt_file(source: Path, destination: Path, key: bytes) -> int:
     """Encrypt `source` into `destination` as a client sends it; return the cksum of `source`."""
     encryptor = CbcEncryptor(key)
     checksum = Cksum()
-    buffer = memoryview(bytearray(WRITE_CHUNK))  # a multiple of 16
+    buffer = memoryview(bytearray(WRITE_CHUNK + CbcEncryptor.SLACK))  # WRITE_CHUNK: a multiple of 16
     remaining = source.stat().st_size
     tail = b""
     with source.open("rb") as plain, destination.open("wb") as out:
         while remaining:
-            chunk = buffer[: min(len(buffer), remaining)]
+            chunk = buffer[: min(WRITE_CHUNK, remaining)]
             filled = 0
             while filled < len(chunk):
                 count = plain.readinto(chunk[filled:])
@@ -156,8 +151,8 @@ def _encrypt_file(source: Path, destination: Path, key: bytes) -> int:
             remaining -= len(chunk)
             checksum.update(chunk)
             whole = len(chunk) - len(chunk) % AES_BLOCK_SIZE
-            encryptor.encrypt_into(chunk[:whole], chunk[:whole])
-            out.write(chunk[:whole])
+            encryptor.encrypt_in_place(buffer, whole)
+            out.write(buffer[:whole])
             tail = bytes(chunk[whole:])
         out.write(encryptor.encrypt_final(tail))
     if destination.stat().st_size != encrypted_size(source.stat().st_size):

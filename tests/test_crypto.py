@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import subprocess
 import zlib
 from pathlib import Path
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from crypto_utils import (
     CbcDecryptor,
+    CbcEncryptor,
     Cksum,
     CryptoError,
     cksum,
@@ -79,6 +82,51 @@ def test_streaming_decryptor_equals_pycryptodome_cbc(ciphertext: bytes, chunk: i
 def test_encrypt_equals_pycryptodome_cbc_with_pkcs7(plaintext: bytes) -> None:
     expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).encrypt(pad(plaintext, 16))
     assert encrypt(KEY, plaintext) == expected
+
+
+def _encrypt_in_pieces(plaintext: bytes, piece_sizes: list[int]) -> bytes:
+    """As the client streams: piece after piece (sizes taken in turn, whole blocks) read into one
+    buffer with a block of slack and encrypted there; then the padded tail."""
+    encryptor = CbcEncryptor(KEY)
+    buffer = memoryview(bytearray(max(piece_sizes) + CbcEncryptor.SLACK))
+    whole = len(plaintext) - len(plaintext) % 16
+    encrypted = bytearray()
+    start = 0
+    for piece_size in itertools.cycle(piece_sizes):
+        if start == whole:
+            break
+        size = min(piece_size, whole - start)
+        buffer[:size] = plaintext[start : start + size]
+        encryptor.encrypt_in_place(buffer, size)
+        encrypted += buffer[:size]
+        start += size
+    return bytes(encrypted) + encryptor.encrypt_final(plaintext[whole:])
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(0, 20000),
+    st.integers(0, 2**32),
+    st.lists(st.integers(1, 1024).map(lambda blocks: 16 * blocks), min_size=1, max_size=8),
+)
+def test_streaming_encryptor_in_place_equals_pycryptodome_cbc_with_pkcs7(
+    size: int, seed: int, pieces: list[int]
+) -> None:
+    plaintext = random.Random(seed).randbytes(size)  # random, and reproducible from hypothesis's report
+    expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).encrypt(pad(plaintext, 16))
+    assert _encrypt_in_pieces(plaintext, pieces) == expected
+
+
+def test_streaming_encryptor_in_client_sized_chunks() -> None:
+    plaintext = os.urandom(4 * 256 * 1024 + 5)  # four client chunks and a padded tail
+    expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).encrypt(pad(plaintext, 16))
+    assert _encrypt_in_pieces(plaintext, [256 * 1024] * 4) == expected
+
+
+@pytest.mark.parametrize(("buffer_size", "size"), [(64, 64), (64, 56), (79, 64), (64, 40)])
+def test_encrypt_in_place_wants_whole_blocks_and_a_block_of_slack(buffer_size: int, size: int) -> None:
+    with pytest.raises(ValueError, match="bad chunk size"):
+        CbcEncryptor(KEY).encrypt_in_place(memoryview(bytearray(buffer_size)), size)
 
 
 def test_known_answer_aes128_cbc_zero_iv() -> None:

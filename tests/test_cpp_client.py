@@ -165,20 +165,25 @@ def cpp_client(request: pytest.FixtureRequest) -> ClientBuild:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def run_client(build: ClientBuild, work_dir: Path) -> ClientRun:
-    """Runs the client as a user would: in its working folder, no input, bounded in time."""
+def run_program(command: list[str], work_dir: Path, env: dict[str, str] | None = None) -> ClientRun:
+    """Runs a client as a user would: in its working folder, no input, bounded in time."""
     completed = subprocess.run(
-        [str(build.executable)],
+        command,
         check=False,
         cwd=work_dir,
         capture_output=True,
         text=True,
         timeout=CLIENT_TIMEOUT,
         stdin=subprocess.DEVNULL,
-        env=build.env(),
+        env=env,
     )
-    build.assert_no_sanitizer_report(completed.stderr)
     return ClientRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def run_client(build: ClientBuild, work_dir: Path) -> ClientRun:
+    run = run_program([str(build.executable)], work_dir, build.env())
+    build.assert_no_sanitizer_report(run.stderr)
+    return run
 
 
 def make_work_dir(
@@ -672,16 +677,7 @@ def test_silent_server_times_out(
 
 
 def run_python_client(work_dir: Path) -> ClientRun:
-    completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "client.py")],
-        check=False,
-        cwd=work_dir,
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    return ClientRun(completed.returncode, completed.stdout, completed.stderr)
+    return run_program([sys.executable, str(REPO_ROOT / "client.py")], work_dir)
 
 
 @pytest.mark.parametrize("first", ["python", "cpp"])

@@ -174,11 +174,23 @@ def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryI
             except CryptoError as err:
                 raise MalformedPayload(str(err)) from err
         checksum.update(plain)
-        try:
-            out.write(plain)  # unbuffered FileIO on a regular file writes it whole
-        except OSError as err:
-            raise StorageError(f"cannot write the file: {err.strerror}") from err
+        _write_all(out, plain)
     return checksum.value
+
+
+def _write_all(out: BinaryIO, data: memoryview) -> None:
+    """Write all of `data`. A write that meets a full disk (or a file size limit) can
+    write part and return a short count, and only the next one fails: never take a
+    short count for success, or a truncated file would be recorded as whole."""
+    written = 0
+    try:
+        while written < len(data):
+            count = out.write(data[written:])
+            if not count:
+                raise StorageError("cannot write the file: no progress")
+            written += count
+    except OSError as err:
+        raise StorageError(f"cannot write the file: {err.strerror}") from err
 
 
 def handle_crc_ok(ctx: RequestContext) -> Reply:

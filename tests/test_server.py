@@ -250,16 +250,26 @@ def test_a_file_that_would_fill_the_disk_is_refused(
 # --- faults ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("limit", "size"),
+    [
+        (1_000_000, 3_000_000),  # a write in the middle of the file fails
+        # The last chunk's write is cut short (it writes what fits and returns a short
+        # count): nothing fails until a write that is never made, so the short count
+        # itself must be taken as the failure.
+        (handlers.CHUNK_SIZE + 30_000, handlers.CHUNK_SIZE + 40_000),
+    ],
+    ids=["mid-file", "last-chunk"],
+)
 def test_a_full_disk_mid_transfer_gets_2107_and_leaves_nothing(
-    server: ServerProcess, unique_name: NameFactory
+    server: ServerProcess, unique_name: NameFactory, limit: int, size: int
 ) -> None:
-    """RLIMIT_FSIZE makes writes past 1 MB fail with EFBIG, as a full disk fails them."""
+    """RLIMIT_FSIZE makes writes past `limit` fail as a full disk fails them (short, then EFBIG)."""
     assert server.process is not None
-    limit = 1_000_000
     resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (limit, limit))
     with RawConnection(server.address) as conn:
         client_id, aes_key = new_client(conn, unique_name())
-        conn.send(send_file_request(client_id, aes_key, "huge.bin", os.urandom(3_000_000)))
+        conn.send(send_file_request(client_id, aes_key, "huge.bin", os.urandom(size)))
         expect(conn, ResponseCode.GENERAL_ERROR, "full disk")
     assert server.query("SELECT count(*) FROM files") == [(0,)]
     assert not [p for p in (server.data_dir / "storage").rglob("*") if p.is_file()]

@@ -281,37 +281,9 @@ class FileTransferClient:
     def _stream_encrypted(
         self, source: BufferedIOBase, size: int, progress: Callable[[int], object] | None
     ) -> int:
-        """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum.
-
-        One buffer, encrypted in place, no allocation per chunk; it has one
-        block of slack past the chunk, which OpenSSL's encryption wants
-        (CbcEncryptor). CBC encryption is sequential and still the client's
-        largest cost (OpenSSL: ~1.3 GB/s on one core here); a second thread
-        to overlap it with the reads and sends cost more CPU than it saved on
-        two cores (measured with pycryptodome's slower CBC, README "Performance").
-        """
+        """Read, checksum, encrypt and send `size` bytes of `source`; return the cksum."""
         assert self.aes_key is not None
-        encryptor = CbcEncryptor(self.aes_key)
-        checksum = Cksum()
-        buffer = memoryview(bytearray(min(CHUNK_SIZE, size) + CbcEncryptor.SLACK))
-        remaining = size
-        tail = b""  # the last 0..15 bytes, padded by encrypt_final
-        while remaining:
-            length = min(CHUNK_SIZE, remaining)
-            chunk = buffer[:length]
-            _read_into(source, chunk)
-            remaining -= length
-            checksum.update(chunk)
-            # Every chunk but the last is a whole number of blocks (CHUNK_SIZE is).
-            whole = length - length % AES_BLOCK_SIZE
-            if whole != length:
-                tail = bytes(chunk[whole:])
-            encryptor.encrypt_in_place(buffer, whole)
-            self.sock.sendall(buffer[:whole])
-            if progress:
-                progress(length)
-        self.sock.sendall(encryptor.encrypt_final(tail))
-        return checksum.value
+        return encrypt_stream(source, size, self.aes_key, self.sock.sendall, progress)
 
     def crc_ok(self, file_name: str) -> None:
         self._send(RequestCode.CRC_OK, FileNameRequest(file_name).pack())
@@ -329,6 +301,46 @@ class FileTransferClient:
         _, payload = self._receive(ResponseCode.ACK)
         if ClientIdResponse.unpack(payload).client_id != self.client_id:
             raise ServerError("2104 names another client")
+
+
+def encrypt_stream(
+    source: BufferedIOBase,
+    size: int,
+    key: bytes,
+    write: Callable[[memoryview | bytes], object],
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """Read, checksum and encrypt `size` bytes of `source` as a 1028's content, passing
+    the ciphertext to `write` (which must take it whole); return the cksum of the plaintext.
+
+    One buffer, encrypted in place, no allocation per chunk; it has one
+    block of slack past the chunk, which OpenSSL's encryption wants
+    (CbcEncryptor). CBC encryption is sequential and still the client's
+    largest cost (OpenSSL: ~1.3 GB/s on one core here); a second thread
+    to overlap it with the reads and sends cost more CPU than it saved on
+    two cores (measured with pycryptodome's slower CBC, README "Performance").
+    """
+    encryptor = CbcEncryptor(key)
+    checksum = Cksum()
+    buffer = memoryview(bytearray(min(CHUNK_SIZE, size) + CbcEncryptor.SLACK))
+    remaining = size
+    tail = b""  # the last 0..15 bytes, padded by encrypt_final
+    while remaining:
+        length = min(CHUNK_SIZE, remaining)
+        chunk = buffer[:length]
+        _read_into(source, chunk)
+        remaining -= length
+        checksum.update(chunk)
+        # Every chunk but the last is a whole number of blocks (CHUNK_SIZE is).
+        whole = length - length % AES_BLOCK_SIZE
+        if whole != length:
+            tail = bytes(chunk[whole:])
+        encryptor.encrypt_in_place(buffer, whole)
+        write(buffer[:whole])
+        if progress:
+            progress(length)
+    write(encryptor.encrypt_final(tail))
+    return checksum.value
 
 
 def _read_into(source: BufferedIOBase, view: memoryview) -> None:

@@ -29,10 +29,8 @@ from pathlib import Path
 from Crypto.PublicKey import RSA
 
 from bench.processes import BenchError, OurServer, ScpTarget
-from client import FileTransferClient
-from crypto_utils import CbcEncryptor, Cksum
+from client import FileTransferClient, encrypt_stream
 from protocol import (
-    AES_BLOCK_SIZE,
     CLIENT_VERSION,
     RESPONSE_HEADER,
     FileReceivedResponse,
@@ -134,30 +132,11 @@ class PreEncryptedSender:
 
 def _encrypt_file(source: Path, destination: Path, key: bytes) -> int:
     """Encrypt `source` into `destination` as a client sends it; return the cksum of `source`."""
-    encryptor = CbcEncryptor(key)
-    checksum = Cksum()
-    buffer = memoryview(bytearray(WRITE_CHUNK + CbcEncryptor.SLACK))  # WRITE_CHUNK: a multiple of 16
-    remaining = source.stat().st_size
-    tail = b""
     with source.open("rb") as plain, destination.open("wb") as out:
-        while remaining:
-            chunk = buffer[: min(WRITE_CHUNK, remaining)]
-            filled = 0
-            while filled < len(chunk):
-                count = plain.readinto(chunk[filled:])
-                if not count:
-                    raise BenchError(f"{source} shrank while it was being encrypted")
-                filled += count
-            remaining -= len(chunk)
-            checksum.update(chunk)
-            whole = len(chunk) - len(chunk) % AES_BLOCK_SIZE
-            encryptor.encrypt_in_place(buffer, whole)
-            out.write(buffer[:whole])
-            tail = bytes(chunk[whole:])
-        out.write(encryptor.encrypt_final(tail))
+        checksum = encrypt_stream(plain, source.stat().st_size, key, out.write)
     if destination.stat().st_size != encrypted_size(source.stat().st_size):
         raise BenchError(f"{destination} has not the size of the encrypted {source}")
-    return checksum.value
+    return checksum
 
 
 def _receive_exact(sock: socket.socket, size: int) -> bytes:

@@ -6,8 +6,9 @@ cd "$(dirname "$0")"
 
 # System packages: the C++ client's toolchain and libraries (tests/test_cpp_client.py),
 # cksum (coreutils) for the checksum cross-check, sshd and scp (openssh-server) for the
-# benchmark's scp reference (tests/test_bench.py). Installed when missing and root.
-packages=(g++ cmake make libcrypto++-dev libboost-dev pkg-config coreutils openssh-server)
+# benchmark's scp reference (tests/test_bench.py), python3-venv for `python3 -m venv` below
+# (Debian and Ubuntu ship it apart from python3). Installed when missing and root.
+packages=(g++ cmake make libcrypto++-dev libboost-dev pkg-config coreutils openssh-server python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

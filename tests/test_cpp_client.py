@@ -534,9 +534,10 @@ class FakeServer:
             return pack_response(ResponseCode.RECONNECT_DENIED, self.client_id)
         if code == RequestCode.SEND_FILE:
             content_size, name_field = SEND_FILE_HEAD.unpack(payload[: SEND_FILE_HEAD.size])
-            content = bytearray(payload[SEND_FILE_HEAD.size :])
-            CbcDecryptor(self.aes_key, len(content)).decrypt_into(memoryview(content), memoryview(content))
-            plain = content[: len(content) - padding_length(bytes(content[-16:]))]
+            content = memoryview(payload)[SEND_FILE_HEAD.size :]
+            decrypted = bytearray(len(content))
+            CbcDecryptor(self.aes_key, len(content)).decrypt_into(content, memoryview(decrypted))
+            plain = decrypted[: len(decrypted) - padding_length(bytes(decrypted[-16:]))]
             body = FILE_RECEIVED.pack(self.client_id, content_size, name_field, cksum(plain))
             return pack_response(ResponseCode.FILE_RECEIVED, body)
         if code == RequestCode.CRC_RETRY:

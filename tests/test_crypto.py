@@ -29,6 +29,7 @@ from crypto_utils import (
     unwrap_aes_key,
     wrap_aes_key,
 )
+from handlers import CHUNK_SIZE
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 RSA_KEY = generate_rsa_key()
@@ -65,17 +66,90 @@ def test_cksum_in_pieces_equals_cksum_whole(data: bytes, cuts: list[int]) -> Non
     assert checksum.value == cksum(data)
 
 
+def _decrypt_in_chunks(decryptor: CbcDecryptor, ciphertext: bytes, chunk: int) -> bytes:
+    """As the server does (handlers._receive_content): each chunk of ciphertext, read into one
+    buffer, is decrypted into another buffer, reused from chunk to chunk."""
+    received = memoryview(bytearray(min(chunk, len(ciphertext))))
+    plain_buffer = memoryview(bytearray(len(received)))
+    decrypted = bytearray()
+    for start in range(0, len(ciphertext), chunk):
+        piece = received[: min(chunk, len(ciphertext) - start)]
+        piece[:] = ciphertext[start : start + len(piece)]
+        plain = plain_buffer[: len(piece)]
+        decryptor.decrypt_into(piece, plain)
+        decrypted += plain
+    return bytes(decrypted)
+
+
 @settings(max_examples=200)
-@given(st.binary(max_size=4096).map(lambda b: b[: len(b) - len(b) % 16]), st.sampled_from([16, 48, 1024]))
-def test_streaming_decryptor_equals_pycryptodome_cbc(ciphertext: bytes, chunk: int) -> None:
+@given(st.integers(0, 256), st.integers(0, 2**32), st.sampled_from([16, 48, 1024]))
+def test_streaming_decryptor_equals_pycryptodome_cbc(blocks: int, seed: int, chunk: int) -> None:
+    # Random content from a seed: hypothesis's own bytes are mostly zeros, and a zero block
+    # chains like no block at all.
+    ciphertext = random.Random(seed).randbytes(16 * blocks)
     expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).decrypt(ciphertext)
-    decryptor = CbcDecryptor(KEY, chunk)
-    buffer = bytearray(ciphertext)
+    assert _decrypt_in_chunks(CbcDecryptor(KEY, chunk), ciphertext, chunk) == expected
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        CHUNK_SIZE - 16,
+        CHUNK_SIZE,
+        CHUNK_SIZE + 16,
+        2 * CHUNK_SIZE - 16,
+        2 * CHUNK_SIZE,
+        2 * CHUNK_SIZE + 16,
+        3 * CHUNK_SIZE + 4096,
+    ],
+    ids=["256K-16", "256K", "256K+16", "512K-16", "512K", "512K+16", "768K+4096"],
+)
+def test_decryption_chains_across_the_servers_chunks(size: int) -> None:
+    """The server decrypts a 1028 in CHUNK_SIZE pieces: the last block of one chunk is the
+    chaining value of the next one's first block (§4, CBC). The whole, decrypted by
+    pycryptodome's MODE_CBC, is what every chunk boundary must give."""
+    ciphertext = random.Random(size).randbytes(size)
+    expected = AES.new(KEY, AES.MODE_CBC, iv=bytes(16)).decrypt(ciphertext)
+    assert _decrypt_in_chunks(CbcDecryptor(KEY, CHUNK_SIZE), ciphertext, CHUNK_SIZE) == expected
+
+
+def test_the_first_block_is_chained_to_the_zero_iv() -> None:
+    ciphertext = encrypt(KEY, bytes(15))
+    output = bytearray(16)
+    CbcDecryptor(KEY, 16).decrypt_into(memoryview(ciphertext), memoryview(output))
+    assert bytes(output) == bytes(15) + b"\x01"
+
+
+def test_decrypting_in_place_is_refused() -> None:
+    buffer = bytearray(encrypt(KEY, b"x" * 40))
     view = memoryview(buffer)
-    for start in range(0, len(buffer), chunk):
-        piece = view[start : start + chunk]
-        decryptor.decrypt_into(piece, piece)  # in place, as the server does
-    assert bytes(buffer) == expected
+    with pytest.raises(ValueError, match="apart from the ciphertext"):
+        CbcDecryptor(KEY, 64).decrypt_into(view, view)
+    with pytest.raises(ValueError, match="apart from the ciphertext"):
+        CbcDecryptor(KEY, 64).decrypt_into(view[:16], view[16:32])
+
+
+@pytest.mark.parametrize(("size", "output_size"), [(15, 15), (17, 17), (80, 80), (32, 16), (16, 32)])
+def test_decrypt_into_wants_whole_blocks_within_the_chunk_size(size: int, output_size: int) -> None:
+    with pytest.raises(ValueError, match=f"bad chunk size {size}"):
+        CbcDecryptor(KEY, 64).decrypt_into(memoryview(bytes(size)), memoryview(bytearray(output_size)))
+
+
+def test_a_chunk_of_exactly_the_maximum_and_an_empty_one_are_fine() -> None:
+    decryptor = CbcDecryptor(KEY, 64)
+    ciphertext = encrypt(KEY, bytes(63))
+    output = bytearray(64)
+    decryptor.decrypt_into(memoryview(ciphertext), memoryview(output))
+    decryptor.decrypt_into(memoryview(b""), memoryview(bytearray()))
+    assert bytes(output) == bytes(63) + b"\x01"
+
+
+@pytest.mark.parametrize("key_size", [0, 15, 17, 32])
+def test_aes_keys_other_than_128_bits_are_refused(key_size: int) -> None:
+    with pytest.raises(CryptoError, match=f"AES key is {key_size} bytes"):
+        CbcDecryptor(bytes(key_size), 16)
+    with pytest.raises(CryptoError, match=f"AES key is {key_size} bytes"):
+        CbcEncryptor(bytes(key_size))
 
 
 @given(st.binary(max_size=3000))

@@ -1,0 +1,298 @@
+"""storage.py on its own: base names, PathName, containment, temporary files, start-up reconciliation.
+
+No server: a FileStore on `tmp_path`. These are among the fast tests mutmut runs (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from protocol import MalformedPayload, ProtocolError
+from storage import (
+    DEFAULT_MIN_FREE_SPACE,
+    MAX_STORED_BASE_NAME,
+    NAME_DIGEST_CHARS,
+    PARTIAL_SUFFIX,
+    STORAGE_DIR_NAME,
+    FileStore,
+    StorageError,
+    safe_base_name,
+)
+
+CLIENT = bytes(range(16))
+OTHER_CLIENT = bytes(range(16, 32))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    data_dir = tmp_path / "data"  # beside it, tmp_path holds what must stay out of reach
+    data_dir.mkdir()
+    return FileStore(data_dir)
+
+
+# --- safe_base_name -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_name", "base"),
+    [
+        ("x.bin", "x.bin"),
+        ("a/b/x.bin", "x.bin"),
+        ("/home/me/x.bin", "x.bin"),
+        ("C\\Users\\me\\x.bin", "x.bin"),
+        ("a\\b/c\\x.bin", "x.bin"),
+        ("...x", "...x"),
+        ("name with spaces.txt", "name with spaces.txt"),
+    ],
+)
+def test_the_base_name_is_the_last_component_of_either_kind_of_path(file_name: str, base: str) -> None:
+    assert safe_base_name(file_name) == base
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    ["", ".", "..", "a/", "a\\", "a/..", "a\\.", "../..", "C:x.bin", "C:\\", "x\x7fy", "tab\there"],
+)
+def test_names_without_a_plain_base_name_are_refused(file_name: str) -> None:
+    with pytest.raises(MalformedPayload, match="file name"):
+        safe_base_name(file_name)
+
+
+def test_a_base_name_at_the_limit_is_kept_whole() -> None:
+    name = "n" * (MAX_STORED_BASE_NAME - 4) + ".bin"
+    assert safe_base_name(name) == name
+    assert safe_base_name("dir/" + name) == name
+
+
+def test_a_long_base_name_is_cut_keeping_its_suffix() -> None:
+    stem = "s" * 300
+    cut = safe_base_name(stem + ".tar.gz")
+    assert cut == "s" * (MAX_STORED_BASE_NAME - 3) + ".gz"
+    assert len(cut) == MAX_STORED_BASE_NAME
+    one_over = safe_base_name("t" * (MAX_STORED_BASE_NAME - 3) + ".bin")
+    assert one_over == "t" * (MAX_STORED_BASE_NAME - 4) + ".bin"
+
+
+def test_a_suffix_of_16_characters_is_kept_and_a_longer_one_is_not() -> None:
+    kept = safe_base_name("a" * 300 + "." + "k" * 16)
+    assert kept == "a" * (MAX_STORED_BASE_NAME - 17) + "." + "k" * 16
+    long_suffix = "a" * 300 + "." + "k" * 17
+    assert safe_base_name(long_suffix) == long_suffix[:MAX_STORED_BASE_NAME]
+    no_suffix = "b" * 300
+    assert safe_base_name(no_suffix) == "b" * MAX_STORED_BASE_NAME
+    ends_with_dot = "c" * 300 + "."
+    assert safe_base_name(ends_with_dot) == "c" * MAX_STORED_BASE_NAME
+
+
+def test_storage_errors_are_protocol_errors_answered_2107() -> None:
+    # A full disk is answered 2107 like any refusal (§3), through the one except of the loop.
+    assert issubclass(StorageError, ProtocolError)
+    assert StorageError.response_code == 2107
+
+
+# --- path_name ------------------------------------------------------------------------
+
+
+def test_path_name_is_the_client_folder_and_a_digest_of_the_whole_name(store: FileStore) -> None:
+    digest = hashlib.sha256(b"dir/x.bin").hexdigest()[:NAME_DIGEST_CHARS]
+    assert store.path_name(CLIENT, "dir/x.bin") == f"{STORAGE_DIR_NAME}/{CLIENT.hex()}/{digest}-x.bin"
+
+
+def test_names_that_share_a_base_name_keep_separate_files(store: FileStore) -> None:
+    # §5: a/x.bin and b/x.bin of one client are two FileName rows, so two stored files.
+    paths = {store.path_name(CLIENT, name) for name in ("a/x.bin", "b/x.bin", "x.bin", "a\\x.bin")}
+    assert len(paths) == 4
+    assert {path.rsplit("-", 1)[1] for path in paths} == {"x.bin"}
+    assert store.path_name(CLIENT, "x.bin") == store.path_name(CLIENT, "x.bin")
+    assert store.path_name(CLIENT, "x.bin") != store.path_name(OTHER_CLIENT, "x.bin")
+
+
+def test_the_longest_name_gives_a_path_name_within_255_characters(store: FileStore) -> None:
+    # §5: PathName is at most 255 characters; a file name is at most 254 (§1).
+    for name in ("z" * 254, "d/" + "z" * 252, "y" * 240 + ".0123456789abcdef"):
+        path_name = store.path_name(CLIENT, name)
+        assert len(path_name) == 255, path_name
+        assert path_name.startswith(f"{STORAGE_DIR_NAME}/{CLIENT.hex()}/")
+
+
+def test_a_path_name_of_a_refused_name_is_refused(store: FileStore) -> None:
+    with pytest.raises(MalformedPayload):
+        store.path_name(CLIENT, "a/..")
+
+
+# --- absolute: containment ------------------------------------------------------------
+
+
+def test_absolute_resolves_a_path_name_inside_the_storage_folder(store: FileStore) -> None:
+    path_name = store.path_name(CLIENT, "x.bin")
+    assert store.absolute(path_name) == (store.data_dir / path_name).resolve()
+    assert store.absolute(path_name).is_relative_to(store.root.resolve())
+
+
+@pytest.mark.parametrize(
+    "path_name",
+    [
+        "defensive.db",
+        "storage/../defensive.db",
+        f"storage/{CLIENT.hex()}/../../defensive.db",
+        "/etc/passwd",
+        "../outside",
+        "storage2/x",
+    ],
+)
+def test_absolute_refuses_a_path_name_outside_the_storage_folder(store: FileStore, path_name: str) -> None:
+    # Only a tampered database can hold such a PathName; it is never followed.
+    with pytest.raises(StorageError, match="outside the storage folder"):
+        store.absolute(path_name)
+
+
+def test_absolute_refuses_a_symlink_out_of_the_storage_folder(store: FileStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / CLIENT.hex()).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StorageError):
+        store.absolute(f"storage/{CLIENT.hex()}/x.bin")
+
+
+def test_remove_refuses_a_path_outside_and_leaves_it(store: FileStore) -> None:
+    victim = store.data_dir / "defensive.db"
+    victim.write_bytes(b"keep me")
+    with pytest.raises(StorageError):
+        store.remove("storage/../defensive.db")
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_commit_refuses_a_path_outside_and_moves_nothing(store: FileStore) -> None:
+    partial, fd = store.create_partial(CLIENT)
+    os.close(fd)
+    with pytest.raises(StorageError):
+        store.commit_partial(partial, "storage/../escaped")
+    assert not (store.data_dir / "escaped").exists()
+
+
+# --- the folder and free space ----------------------------------------------------------
+
+
+def test_the_storage_folder_is_created_private(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    assert store.root == tmp_path / STORAGE_DIR_NAME
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+    assert store.min_free_space == DEFAULT_MIN_FREE_SPACE
+    FileStore(tmp_path)  # an existing folder is fine
+
+
+def test_free_space_is_checked_with_the_margin(tmp_path: Path) -> None:
+    FileStore(tmp_path, min_free_space=0).check_free_space(0)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with pytest.raises(StorageError, match="not enough disk space"):
+        FileStore(tmp_path, min_free_space=0).check_free_space(free + (1 << 40))
+    with pytest.raises(StorageError, match="not enough disk space"):
+        FileStore(tmp_path, min_free_space=free + (1 << 40)).check_free_space(0)
+
+
+# --- temporary files --------------------------------------------------------------------
+
+
+def test_a_partial_is_a_private_temporary_file_in_the_client_folder(store: FileStore) -> None:
+    partial, fd = store.create_partial(CLIENT)
+    try:
+        assert partial.parent == store.root / CLIENT.hex()
+        assert partial.name.endswith(PARTIAL_SUFFIX)
+        assert stat.S_IMODE(partial.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+        assert os.write(fd, b"abc") == 3
+    finally:
+        os.close(fd)
+    assert partial.read_bytes() == b"abc"
+    second, fd2 = store.create_partial(CLIENT)
+    os.close(fd2)
+    assert second != partial
+
+
+def test_commit_moves_the_partial_into_place_and_replaces_an_earlier_copy(store: FileStore) -> None:
+    path_name = store.path_name(CLIENT, "x.bin")
+    for content in (b"first", b"second"):
+        partial, fd = store.create_partial(CLIENT)
+        os.write(fd, content)
+        os.close(fd)
+        store.commit_partial(partial, path_name)
+        assert not partial.exists()
+        assert (store.data_dir / path_name).read_bytes() == content
+    store.discard_all_partials()  # a committed file is no longer a partial: it stays
+    assert (store.data_dir / path_name).read_bytes() == b"second"
+
+
+def test_discarded_partials_are_gone(store: FileStore) -> None:
+    partial, fd = store.create_partial(CLIENT)
+    os.close(fd)
+    store.discard_partial(partial)
+    assert not partial.exists()
+    store.discard_partial(partial)  # twice is fine (a failure path may discard again)
+
+
+def test_shutdown_removes_every_partial_still_in_progress(store: FileStore) -> None:
+    partials = []
+    for client in (CLIENT, OTHER_CLIENT, CLIENT):
+        partial, fd = store.create_partial(client)
+        os.close(fd)
+        partials.append(partial)
+    discarded, fd = store.create_partial(CLIENT)
+    os.close(fd)
+    store.discard_partial(discarded)
+    partials[2].unlink()  # already gone by other means: no error
+    store.discard_all_partials()
+    assert not [p for p in partials if p.exists()]
+    store.discard_all_partials()  # and the set was emptied
+
+
+def test_remove_deletes_a_stored_file_and_a_missing_one_is_fine(store: FileStore) -> None:
+    path_name = store.path_name(CLIENT, "x.bin")
+    partial, fd = store.create_partial(CLIENT)
+    os.close(fd)
+    store.commit_partial(partial, path_name)
+    store.remove(path_name)
+    assert not (store.data_dir / path_name).exists()
+    store.remove(path_name)
+
+
+# --- start-up reconciliation --------------------------------------------------------------
+
+
+def _stored(store: FileStore, client: bytes, name: str, content: bytes = b"c") -> str:
+    path_name = store.path_name(client, name)
+    partial, fd = store.create_partial(client)
+    os.write(fd, content)
+    os.close(fd)
+    store.commit_partial(partial, path_name)
+    return path_name
+
+
+def test_reconcile_keeps_recorded_files_and_removes_leftovers(store: FileStore) -> None:
+    kept = _stored(store, CLIENT, "kept.bin")
+    other = _stored(store, OTHER_CLIENT, "kept.bin")
+    orphan = _stored(store, CLIENT, "orphan.bin")  # moved into place, its record never written
+    partial, fd = store.create_partial(CLIENT)  # an interrupted transfer
+    os.close(fd)
+    missing = store.path_name(CLIENT, "lost.bin")  # a record whose file is gone
+    assert store.reconcile({kept, other, missing}) == {missing}
+    assert (store.data_dir / kept).exists() and (store.data_dir / other).exists()
+    assert not (store.data_dir / orphan).exists()
+    assert not partial.exists()
+
+
+def test_reconcile_removes_a_partial_even_under_a_recorded_name(store: FileStore) -> None:
+    partial, fd = store.create_partial(CLIENT)
+    os.close(fd)
+    recorded = str(partial.relative_to(store.data_dir))
+    assert store.reconcile({recorded}) == {recorded}
+    assert not partial.exists()
+
+
+def test_reconcile_of_an_empty_folder(store: FileStore) -> None:
+    assert store.reconcile(set()) == set()
+    assert store.reconcile({"storage/x/y"}) == {"storage/x/y"}

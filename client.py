@@ -46,7 +46,6 @@ from protocol import (
     SERVER_VERSION,
     AesKeyResponse,
     ClientIdResponse,
-    FileNameRequest,
     FileReceivedResponse,
     NameRequest,
     ProtocolError,
@@ -286,15 +285,15 @@ class FileTransferClient:
         return encrypt_stream(source, size, self.aes_key, self.sock.sendall, progress)
 
     def crc_ok(self, file_name: str) -> None:
-        self._send(RequestCode.CRC_OK, FileNameRequest(file_name).pack())
+        self._send(RequestCode.CRC_OK, NameRequest(file_name).pack())
         self._expect_ack()
 
     def crc_retry(self, file_name: str) -> None:
         """1030: no response; the next request is the resent 1028 (§2)."""
-        self._send(RequestCode.CRC_RETRY, FileNameRequest(file_name).pack())
+        self._send(RequestCode.CRC_RETRY, NameRequest(file_name).pack())
 
     def crc_abort(self, file_name: str) -> None:
-        self._send(RequestCode.CRC_ABORT, FileNameRequest(file_name).pack())
+        self._send(RequestCode.CRC_ABORT, NameRequest(file_name).pack())
         self._expect_ack()
 
     def _expect_ack(self) -> None:

@@ -5,7 +5,8 @@ PublicKey, LastSeen, AESKey)` and `files(ID, FileName, PathName, Verified)`.
 One connection shared by the handler threads behind a lock: SQLite serialises
 writers anyway, every operation here is a few microseconds, and a lock is the
 simplest thing that is obviously thread-safe. WAL journaling keeps the file
-consistent if the process is killed mid-write.
+consistent if the process is killed mid-write. Its errors are
+`protocol.ServerFailure`s: the request that met one is answered 2107.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from protocol import ServerFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -43,7 +46,7 @@ DATABASE_FILE_NAME = "defensive.db"
 BUSY_TIMEOUT_SECONDS = 5.0
 
 
-class DatabaseError(Exception):
+class DatabaseError(ServerFailure):
     """The database could not carry out an operation (locked, read-only, corrupt)."""
 
 

@@ -2,9 +2,10 @@
 
 Every handler has the same signature: it takes the request's context, reads
 its payload through the context's `PayloadReader`, and returns the response
-to send (None for 1030, which has none). Refusals are raised as
-`ProtocolError`s carrying their response code; the connection loop in
-server.py turns them into 2107 (or 2101/2106 where the protocol says so).
+to send (None for 1030, which has none). A handler answers 2101 and 2106
+itself, as replies: they are answers of the protocol, not errors. Everything
+it refuses is raised as a `protocol.RequestError`, which carries its response
+code (2107 for all of them, §3); the connection loop in server.py sends it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from protocol import (
     SEND_FILE_HEAD,
     AesKeyResponse,
     ClientIdResponse,
-    FileNameRequest,
+    DecryptionFailed,
     FileReceivedResponse,
+    KeyAlreadySet,
     MalformedPayload,
     NameRequest,
     PublicKeyRequest,
@@ -38,6 +40,7 @@ from protocol import (
     ResponseCode,
     SendFileHead,
     UnknownClient,
+    UnknownFile,
 )
 from storage import FileStore, StorageError
 from streams import PayloadReader
@@ -99,7 +102,7 @@ def handle_public_key(ctx: RequestContext) -> Reply:
         # Whoever sees a client ID and name in clear could otherwise take the
         # identity over with a key of their own (SECURITY.md §1). A client that
         # lost its key registers anew; a repeated 1026 with the same key is fine.
-        raise MalformedPayload(f"client {client.name!r} already has a different public key")
+        raise KeyAlreadySet(f"client {client.name!r} already has a different public key")
     aes_key, wrapped = _new_wrapped_aes_key(ctx, request.public_key)
     ctx.db.set_keys(client.client_id, request.public_key, aes_key)
     return ResponseCode.AES_KEY, AesKeyResponse(client.client_id, wrapped).pack()
@@ -172,7 +175,7 @@ def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryI
             try:
                 plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]
             except CryptoError as err:
-                raise MalformedPayload(str(err)) from err
+                raise DecryptionFailed(str(err)) from err
         checksum.update(plain)
         _write_all(out, plain)
     return checksum.value
@@ -196,17 +199,17 @@ def _write_all(out: BinaryIO, data: memoryview) -> None:
 def handle_crc_ok(ctx: RequestContext) -> Reply:
     """1029: the client's checksum matched: the file is verified."""
     client = _registered_client(ctx)
-    request = FileNameRequest.unpack(ctx.payload.read_all())
-    if not ctx.db.set_verified(client.client_id, request.file_name):
-        raise MalformedPayload(f"1029 for unknown file {request.file_name!r}")
+    request = NameRequest.unpack(ctx.payload.read_all())
+    if not ctx.db.set_verified(client.client_id, request.name):
+        raise UnknownFile(f"1029 for unknown file {request.name!r}")
     return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
 
 
 def handle_crc_retry(ctx: RequestContext) -> Reply:
     """1030: the checksum did not match and the client resends. No response (§2, §7)."""
     client = _registered_client(ctx)
-    request = FileNameRequest.unpack(ctx.payload.read_all())
-    log.info("client %s reports a checksum mismatch on %r, resending", client.name, request.file_name)
+    request = NameRequest.unpack(ctx.payload.read_all())
+    log.info("client %s reports a checksum mismatch on %r, resending", client.name, request.name)
     return None
 
 
@@ -217,11 +220,11 @@ def handle_crc_abort(ctx: RequestContext) -> Reply:
     attempt was refused): the removal is idempotent, and the client wants 2104.
     """
     client = _registered_client(ctx)
-    request = FileNameRequest.unpack(ctx.payload.read_all())
+    request = NameRequest.unpack(ctx.payload.read_all())
     with ctx.store.placement_lock:
-        record = ctx.db.get_file(client.client_id, request.file_name)
+        record = ctx.db.get_file(client.client_id, request.name)
         if record is not None:
-            ctx.db.delete_file(client.client_id, request.file_name)
+            ctx.db.delete_file(client.client_id, request.name)
             ctx.store.remove(record.path_name)
     return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
 

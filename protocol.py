@@ -86,10 +86,30 @@ RESPONSE_PAYLOAD_SIZES: dict[ResponseCode, int] = {
 
 
 # --- errors -----------------------------------------------------------------
+#
+# One hierarchy for every request the server answers with an error instead of
+# serving it. Each class says what went wrong and carries what to do about it:
+# the response code to send and whether the connection must close (h2's
+# `error_code`). The connection loop (server.py) has one `except RequestError`.
+#
+#   RequestError
+#   +-- ProtocolError        the peer broke PROTOCOL.md
+#   |   +-- FramingError         header or sizes impossible: the stream is out of step; closes
+#   |   +-- MalformedPayload     the payload's form is invalid (sizes, text fields, key encoding)
+#   |   +-- UnknownRequestCode   a code §2 does not define
+#   |   +-- DecryptionFailed     a 1028's content does not decrypt (bad PKCS#7 padding)
+#   +-- RequestRefused       well-formed, but the server will not serve it
+#   |   +-- UnknownClient        no such client ID (or one without keys)
+#   |   +-- UnknownFile          a 1029 for a file that is not stored
+#   |   +-- KeyAlreadySet        a 1026 with a different public key for a keyed client
+#   |   +-- OverLimit            over a configured limit (--max-file-size, ...)
+#   |   +-- Throttled            too many failed 1028s for one client ID (SECURITY.md §4)
+#   +-- ServerFailure        the server could not carry out a valid request
+#       +-- StorageError (storage.py), DatabaseError (database.py)
 
 
-class ProtocolError(Exception):
-    """A request the server cannot serve. Carries the response to send.
+class RequestError(Exception):
+    """A request the server answers with an error response instead of serving it.
 
     `closes_connection` is true when the byte stream can no longer be trusted
     to be aligned on a request boundary (§3: "if the framing itself is broken").
@@ -99,8 +119,8 @@ class ProtocolError(Exception):
     closes_connection: ClassVar[bool] = False
 
 
-class MalformedPayload(ProtocolError):
-    """The payload was read whole but its content is invalid."""
+class ProtocolError(RequestError):
+    """The request breaks the protocol: the peer's mistake (or attack)."""
 
 
 class FramingError(ProtocolError):
@@ -109,8 +129,44 @@ class FramingError(ProtocolError):
     closes_connection = True
 
 
-class UnknownClient(ProtocolError):
+class MalformedPayload(ProtocolError):
+    """The payload's form is invalid: a wrong size, a bad text field, a key that does not import."""
+
+
+class UnknownRequestCode(ProtocolError):
+    """A request code that PROTOCOL.md §2 does not define."""
+
+
+class DecryptionFailed(ProtocolError):
+    """A 1028's content does not decrypt with the client's AES key (its padding is invalid)."""
+
+
+class RequestRefused(RequestError):
+    """A well-formed request that the server will not serve."""
+
+
+class UnknownClient(RequestRefused):
     """The header's Client ID names no registered client (or one without keys)."""
+
+
+class UnknownFile(RequestRefused):
+    """The request names a file that the client has not stored."""
+
+
+class KeyAlreadySet(RequestRefused):
+    """A 1026 would replace a client's stored public key with a different one (SECURITY.md §1)."""
+
+
+class OverLimit(RequestRefused):
+    """The request is over one of the server's configured limits."""
+
+
+class Throttled(RequestRefused):
+    """The client ID's requests of this kind are refused for a while (SECURITY.md §4)."""
+
+
+class ServerFailure(RequestError):
+    """The server could not carry out a valid request: its disk or its database failed."""
 
 
 # --- text fields ------------------------------------------------------------
@@ -204,18 +260,21 @@ def pack_response(code: ResponseCode, payload: bytes = b"") -> bytes:
 def check_request_size(header: RequestHeader, max_content_size: int) -> None:
     """Check the declared payload size against the code, before anything is read (§3).
 
-    Raises MalformedPayload; the caller then reads and discards the payload if
-    it is at most MAX_DISCARDED_PAYLOAD bytes, and closes the connection if not.
+    Raises MalformedPayload, UnknownRequestCode or OverLimit; the caller then reads and
+    discards the payload if it is at most MAX_DISCARDED_PAYLOAD bytes, and closes the
+    connection if not.
     """
     try:
         code = RequestCode(header.code)
     except ValueError:
-        raise MalformedPayload(f"unknown request code {header.code}") from None
+        raise UnknownRequestCode(f"unknown request code {header.code}") from None
     if code is RequestCode.SEND_FILE:
         smallest = SEND_FILE_HEAD.size + AES_BLOCK_SIZE
         largest = SEND_FILE_HEAD.size + max_content_size
-        if not smallest <= header.payload_size <= largest:
-            raise MalformedPayload(f"1028 payload size {header.payload_size} outside {smallest}..{largest}")
+        if header.payload_size < smallest:
+            raise MalformedPayload(f"1028 payload size {header.payload_size} is below {smallest}")
+        if header.payload_size > largest:
+            raise OverLimit(f"1028 payload size {header.payload_size} is over the maximum, {largest}")
         return
     expected = FIXED_REQUEST_PAYLOAD_SIZES[code]
     if header.payload_size != expected:
@@ -227,7 +286,10 @@ def check_request_size(header: RequestHeader, max_content_size: int) -> None:
 
 @dataclass(frozen=True)
 class NameRequest:
-    """1025 register and 1027 reconnect: Name(255)."""
+    """1025 register, 1027 reconnect: Name(255); 1029, 1030, 1031: File name(255).
+
+    One layout, one text field: `name` is the client's name or the file's name.
+    """
 
     name: str
 
@@ -256,21 +318,6 @@ class PublicKeyRequest:
     def unpack(cls, payload: bytes) -> PublicKeyRequest:
         _check_size(payload, NAME_FIELD_SIZE + PUBLIC_KEY_SIZE, "public key")
         return cls(decode_name(payload[:NAME_FIELD_SIZE]), payload[NAME_FIELD_SIZE:])
-
-
-@dataclass(frozen=True)
-class FileNameRequest:
-    """1029, 1030, 1031: File name(255)."""
-
-    file_name: str
-
-    def pack(self) -> bytes:
-        return encode_name(self.file_name)
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> FileNameRequest:
-        _check_size(payload, NAME_FIELD_SIZE, "file name")
-        return cls(decode_name(payload))
 
 
 @dataclass(frozen=True)

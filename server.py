@@ -32,8 +32,8 @@ from protocol import (
     MAX_DISCARDED_PAYLOAD,
     REQUEST_HEADER,
     FramingError,
-    ProtocolError,
     RequestCode,
+    RequestError,
     RequestHeader,
     ResponseCode,
     check_request_size,
@@ -192,10 +192,9 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
             if header.code != RequestCode.REGISTER:
                 self.server.db.touch(header.client_id)  # LastSeen, on every request (§2)
             reply = HANDLERS[RequestCode(header.code)](context)
-        except (ProtocolError, DatabaseError) as err:
-            code = err.response_code if isinstance(err, ProtocolError) else ResponseCode.GENERAL_ERROR
-            closing = isinstance(err, ProtocolError) and err.closes_connection
-            closing = closing or payload.unread > MAX_DISCARDED_PAYLOAD
+        except RequestError as err:
+            code = err.response_code
+            closing = err.closes_connection or payload.unread > MAX_DISCARDED_PAYLOAD
             log.warning(
                 "%s client=%s code=%d refused: %s%s",
                 self.peer,

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
-from protocol import MalformedPayload, ProtocolError
+from protocol import MalformedPayload, ServerFailure
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ MAX_STORED_BASE_NAME = 255 - len(STORAGE_DIR_NAME) - 1 - 32 - 1 - NAME_DIGEST_CH
 DEFAULT_MIN_FREE_SPACE = 64 * 1024 * 1024
 
 
-class StorageError(ProtocolError):
+class StorageError(ServerFailure):
     """The file cannot be stored (disk full, no space for the declared size, I/O error)."""
 
 

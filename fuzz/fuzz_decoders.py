@@ -2,7 +2,7 @@
 
 Each input is one selector byte, which picks a target, and the bytes that
 target decodes. A target may raise only the protocol's own errors
-(`protocol.ProtocolError`; `crypto_utils.CryptoError` where keys or padding
+(`protocol.RequestError`; `crypto_utils.CryptoError` where keys or padding
 are checked): any other exception, or a decoded value that breaks an
 invariant (a stored path outside its client's folder, a `PathName` over 255
 characters, an encoding that does not round-trip), is a finding.
@@ -64,12 +64,11 @@ from protocol import (
     SEND_FILE_HEAD,
     AesKeyResponse,
     ClientIdResponse,
-    FileNameRequest,
     FileReceivedResponse,
     NameRequest,
-    ProtocolError,
     PublicKeyRequest,
     RequestCode,
+    RequestError,
     RequestHeader,
     ResponseCode,
     ResponseHeader,
@@ -111,19 +110,19 @@ class Targets:
         self.store = store
         self.client_folder = (store.root / CLIENT_ID.hex()).resolve()
         self.table: list[tuple[str, Target, tuple[type[Exception], ...]]] = [
-            ("request_header", self.request_header, (ProtocolError,)),
-            ("decode_name", self.decode_name, (ProtocolError,)),
-            ("name_request", self.name_request, (ProtocolError,)),
-            ("public_key_request", self.public_key_request, (ProtocolError, CryptoError)),
+            ("request_header", self.request_header, (RequestError,)),
+            ("decode_name", self.decode_name, (RequestError,)),
+            ("name_request", self.name_request, (RequestError,)),
+            ("public_key_request", self.public_key_request, (RequestError, CryptoError)),
             ("public_key", self.public_key, (CryptoError,)),
-            ("file_name_request", self.file_name_request, (ProtocolError,)),
-            ("send_file_head", self.send_file_head, (ProtocolError,)),
-            ("response_header", self.response_header, (ProtocolError,)),
-            ("client_id_response", self.client_id_response, (ProtocolError,)),
-            ("aes_key_response", self.aes_key_response, (ProtocolError,)),
-            ("file_received_response", self.file_received_response, (ProtocolError,)),
+            ("file_name_request", self.file_name_request, (RequestError,)),
+            ("send_file_head", self.send_file_head, (RequestError,)),
+            ("response_header", self.response_header, (RequestError,)),
+            ("client_id_response", self.client_id_response, (RequestError,)),
+            ("aes_key_response", self.aes_key_response, (RequestError,)),
+            ("file_received_response", self.file_received_response, (RequestError,)),
             ("padding_length", self.padding_length, (CryptoError,)),
-            ("request_stream", self.request_stream, (ProtocolError,)),
+            ("request_stream", self.request_stream, (RequestError,)),
         ]
 
     def run(self, data: bytes) -> None:
@@ -170,9 +169,9 @@ class Targets:
         check(len(wrapped) == ENCRYPTED_AES_KEY_SIZE, f"wrapped key is {len(wrapped)} bytes")
 
     def file_name_request(self, data: bytes) -> None:
-        request = FileNameRequest.unpack(data)
-        self._check_name(request.file_name, data)
-        self._check_stored_path(request.file_name)
+        request = NameRequest.unpack(data)
+        self._check_name(request.name, data)
+        self._check_stored_path(request.name)
 
     def send_file_head(self, data: bytes) -> None:
         """1028's head against the header's payload size (§2), then where the file would go."""
@@ -197,7 +196,7 @@ class Targets:
             try:
                 check_request_size(header, MAX_CONTENT_SIZE_ON_WIRE)
                 self._decode_payload(RequestCode(header.code), header, stream)
-            except ProtocolError as err:
+            except RequestError as err:
                 unread = header.payload_size - (stream.tell() - start)
                 if err.closes_connection or unread > MAX_DISCARDED_PAYLOAD:
                     return
@@ -218,8 +217,8 @@ class Targets:
         elif code is RequestCode.PUBLIC_KEY:
             PublicKeyRequest.unpack(payload)
         else:
-            request = FileNameRequest.unpack(payload)
-            self._check_name(request.file_name, payload)
+            request = NameRequest.unpack(payload)
+            self._check_name(request.name, payload)
 
     # --- responses (what the clients decode) ------------------------------------
 
@@ -263,7 +262,7 @@ class Targets:
         check(base not in (".", "..") and not {"/", "\\", ":", "\0"} & set(base), f"base name {base!r}")
         path_name = self.store.path_name(CLIENT_ID, file_name)
         check(len(path_name) <= MAX_PATH_NAME, f"PathName of {len(path_name)} characters: {path_name}")
-        path = self.store.absolute(path_name)  # StorageError (a ProtocolError) if outside the root
+        path = self.store.absolute(path_name)  # StorageError (a RequestError) if outside the root
         check(path.parent == self.client_folder, f"{file_name!r} is stored at {path}")
 
 

@@ -8,15 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import database
 import protocol
+import storage
 from protocol import (
     AesKeyResponse,
     ClientIdResponse,
-    FileNameRequest,
     FileReceivedResponse,
     FramingError,
     MalformedPayload,
     NameRequest,
+    OverLimit,
     ProtocolError,
     PublicKeyRequest,
     RequestCode,
@@ -24,6 +26,7 @@ from protocol import (
     ResponseCode,
     ResponseHeader,
     SendFileHead,
+    UnknownRequestCode,
     check_request_size,
     decode_name,
     encode_name,
@@ -174,12 +177,12 @@ def test_encrypted_size_always_pads() -> None:
         (1025, 254, MalformedPayload),
         (1025, 2**32 - 1, MalformedPayload),  # the caller closes: too large to skip
         (1026, 255, MalformedPayload),
-        (9999, 0, MalformedPayload),
+        (9999, 0, UnknownRequestCode),
         (1028, 259, MalformedPayload),  # no content: PKCS#7 always adds a block
-        (1028, 259 + 16 * 1024 + 16, MalformedPayload),  # over the configured maximum
+        (1028, 259 + 16 * 1024 + 16, OverLimit),  # over the configured maximum
     ],
 )
-def test_declared_sizes_are_checked_before_reading(code: int, size: int, error: type[ProtocolError]) -> None:
+def test_declared_sizes_are_checked_before_reading(code: int, size: int, error: type[Exception]) -> None:
     with pytest.raises(error):
         check_request_size(RequestHeader(CLIENT_ID, 3, code, size), max_content_size=16 * 1024)
 
@@ -190,6 +193,32 @@ def test_declared_sizes_are_checked_before_reading(code: int, size: int, error: 
 )
 def test_correct_sizes_pass(code: int, size: int) -> None:
     check_request_size(RequestHeader(CLIENT_ID, 3, code, size), max_content_size=16 * 1024)
+
+
+def test_every_error_carries_its_response_and_only_broken_framing_closes() -> None:
+    """One hierarchy (STYLE.md): the connection loop needs nothing but these two attributes."""
+    errors = [
+        obj
+        for module in (protocol, storage, database)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    ]
+    assert {protocol.ProtocolError, protocol.RequestRefused, protocol.ServerFailure} <= set(errors)
+    for error in errors:
+        if error is protocol.RequestError or not issubclass(error, protocol.RequestError):
+            continue
+        assert error.response_code is ResponseCode.GENERAL_ERROR, error  # §3: 2107 for all
+        assert error.closes_connection is (error is FramingError), error
+        assert error.__bases__[0] in {
+            protocol.RequestError,
+            protocol.ProtocolError,
+            protocol.RequestRefused,
+            protocol.ServerFailure,
+            database.DatabaseError,
+        }, error
+    # Failures of the server are not the peer's protocol errors.
+    assert not issubclass(storage.StorageError, ProtocolError)
+    assert not issubclass(database.DatabaseError, ProtocolError)
 
 
 def test_every_request_code_has_a_size_rule() -> None:
@@ -211,7 +240,6 @@ def test_request_header_round_trip(client_id: bytes, version: int, code: int, si
 @given(names)
 def test_name_round_trip(name: str) -> None:
     assert NameRequest.unpack(NameRequest(name).pack()) == NameRequest(name)
-    assert FileNameRequest.unpack(FileNameRequest(name).pack()) == FileNameRequest(name)
 
 
 @given(client_ids, st.integers(0, 2**32 - 1), names, st.integers(0, 2**32 - 1))
@@ -227,7 +255,6 @@ def test_client_id_round_trip(client_id: bytes) -> None:
 
 DECODERS = [
     NameRequest.unpack,
-    FileNameRequest.unpack,
     PublicKeyRequest.unpack,
     ClientIdResponse.unpack,
     AesKeyResponse.unpack,

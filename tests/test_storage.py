@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import MalformedPayload, ProtocolError
+from protocol import MalformedPayload, ProtocolError, ServerFailure
 from storage import (
     DEFAULT_MIN_FREE_SPACE,
     MAX_STORED_BASE_NAME,
@@ -89,9 +89,10 @@ def test_a_suffix_of_16_characters_is_kept_and_a_longer_one_is_not() -> None:
     assert safe_base_name(ends_with_dot) == "c" * MAX_STORED_BASE_NAME
 
 
-def test_storage_errors_are_protocol_errors_answered_2107() -> None:
-    # A full disk is answered 2107 like any refusal (§3), through the one except of the loop.
-    assert issubclass(StorageError, ProtocolError)
+def test_storage_errors_are_server_failures_answered_2107() -> None:
+    # A full disk is answered 2107 like any refusal (§3), through the one except of the loop;
+    # it is the server's failure, not the peer's protocol error.
+    assert issubclass(StorageError, ServerFailure) and not issubclass(StorageError, ProtocolError)
     assert StorageError.response_code == 2107
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -75,3 +77,37 @@ def test_only_an_incomplete_registration_is_dropped(db: Database) -> None:
     assert not db.delete_incomplete_client(complete)
     assert db.delete_incomplete_client(incomplete)
     assert db.count_clients() == 1
+
+
+def test_the_schema_itself_refuses_a_second_client_of_one_name(db: Database) -> None:
+    """The UNIQUE constraint, not a SELECT before the INSERT, decides the name race (§2 1025):
+    a duplicate written straight into the table, past register_client, is refused."""
+    assert db.register_client("alice") is not None
+    with closing(sqlite3.connect(db.path)) as conn, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute(
+            "INSERT INTO clients (ID, Name, LastSeen) VALUES (?, 'alice', '2000-01-01 00:00:00')",
+            (bytes(range(16)),),
+        )
+
+
+RACE_ROUNDS = 30
+RACERS = 16
+
+
+def test_racing_registrations_of_one_name_give_exactly_one_client(db: Database) -> None:
+    """Many threads released at once by a barrier, round after round: exactly one wins each
+    name. The schema test above is the proof; this one checks register_client uses it."""
+    barrier = threading.Barrier(RACERS)
+
+    def race(name: str) -> bytes | None:
+        barrier.wait(10)
+        return db.register_client(name)
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        for round_number in range(RACE_ROUNDS):
+            name = f"racer-{round_number}"
+            winners = [result for result in pool.map(race, [name] * RACERS) if result is not None]
+            assert len(winners) == 1, f"round {round_number}: {len(winners)} registrations of {name}"
+            record = db.get_client(winners[0])
+            assert record is not None and record.name == name
+    assert db.count_clients() == RACE_ROUNDS

@@ -24,12 +24,18 @@ from handlers import CHUNK_SIZE, HANDLERS, RequestContext
 from protocol import (
     AesKeyResponse,
     ClientIdResponse,
+    DecryptionFailed,
     FileReceivedResponse,
-    ProtocolError,
+    FramingError,
+    KeyAlreadySet,
+    MalformedPayload,
     RequestCode,
+    RequestError,
     RequestHeader,
     ResponseCode,
     SendFileHead,
+    UnknownClient,
+    UnknownFile,
     encode_name,
 )
 from storage import FileStore, StorageError
@@ -60,9 +66,13 @@ class Server:
         assert context.payload.unread == 0, "a handler reads its payload whole"
         return reply
 
-    def refused(self, code: RequestCode, client_id: bytes, payload: bytes) -> ProtocolError:
-        with pytest.raises(ProtocolError) as caught:
+    def refused(
+        self, code: RequestCode, client_id: bytes, payload: bytes, kind: type[RequestError]
+    ) -> RequestError:
+        """The handler's refusal, of the class that says what it is (protocol.py's hierarchy)."""
+        with pytest.raises(kind) as caught:
             HANDLERS[code](self.context(code, client_id, payload))
+        assert caught.value.response_code == ResponseCode.GENERAL_ERROR
         return caught.value
 
     def registered(self, name: str = "alice") -> tuple[bytes, bytes]:
@@ -146,14 +156,14 @@ def test_1026_answer_starts_with_the_client_id(server: Server) -> None:
 def test_1026_of_an_unknown_client_or_name_is_refused(server: Server, who: str) -> None:
     client_id, _ = server.registered("alice")
     header_id, name = (bytes(16), "alice") if who == "unknown id" else (client_id, "mallory")
-    error = server.refused(RequestCode.PUBLIC_KEY, header_id, encode_name(name) + PUBLIC_KEY)
-    assert error.response_code == ResponseCode.GENERAL_ERROR and not error.closes_connection
+    error = server.refused(RequestCode.PUBLIC_KEY, header_id, encode_name(name) + PUBLIC_KEY, UnknownClient)
+    assert not error.closes_connection
 
 
 def test_1026_with_a_different_key_for_a_keyed_client_is_refused_and_changes_nothing(server: Server) -> None:
     client_id, aes_key = server.registered()
     other = export_public_key(generate_rsa_key())
-    error = server.refused(RequestCode.PUBLIC_KEY, client_id, encode_name("alice") + other)
+    error = server.refused(RequestCode.PUBLIC_KEY, client_id, encode_name("alice") + other, KeyAlreadySet)
     assert "different public key" in str(error)
     record = server.db.get_client(client_id)
     assert record is not None and record.public_key == PUBLIC_KEY and record.aes_key == aes_key
@@ -171,8 +181,7 @@ def test_1026_repeated_with_the_same_key_gives_a_new_aes_key(server: Server) -> 
 def test_1026_with_a_key_that_does_not_import_is_refused_and_stores_nothing(server: Server) -> None:
     reply = server.call(RequestCode.REGISTER, bytes(16), encode_name("alice"))
     assert reply is not None
-    error = server.refused(RequestCode.PUBLIC_KEY, reply[1], encode_name("alice") + bytes(160))
-    assert error.response_code == ResponseCode.GENERAL_ERROR
+    server.refused(RequestCode.PUBLIC_KEY, reply[1], encode_name("alice") + bytes(160), MalformedPayload)
     record = server.db.get_client(reply[1])
     assert record is not None and record.public_key is None and record.aes_key is None
 
@@ -268,8 +277,8 @@ def test_1028_that_does_not_decrypt_is_refused_and_keeps_nothing(server: Server)
     wrong_key = bytes(16)
     ciphertext = encrypt(wrong_key, os.urandom(CHUNK_SIZE + 100))
     payload = SendFileHead(len(ciphertext), "x.bin").pack() + ciphertext
-    error = server.refused(RequestCode.SEND_FILE, client_id, payload)
-    assert error.response_code == ResponseCode.GENERAL_ERROR and "padding" in str(error)
+    error = server.refused(RequestCode.SEND_FILE, client_id, payload, DecryptionFailed)
+    assert "padding" in str(error)
     assert server.db.get_file(client_id, "x.bin") is None
     assert server.stored() == [], "no record, no stored file and no .part file"
 
@@ -282,8 +291,10 @@ def test_1028_of_a_client_without_an_aes_key_is_refused(server: Server, state: s
         assert reply is not None
         client_id = reply[1]
     ciphertext = encrypt(bytes(16), b"content")
-    error = server.refused(RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext)
-    assert error.response_code == ResponseCode.GENERAL_ERROR and "not registered" in str(error)
+    error = server.refused(
+        RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext, UnknownClient
+    )
+    assert "not registered" in str(error)
     assert server.stored() == []
 
 
@@ -292,7 +303,7 @@ def test_1028_whose_head_disagrees_with_the_header_closes_the_connection(server:
     ciphertext = encrypt(aes_key, b"content")
     payload = SendFileHead(32, "x.bin").pack() + ciphertext
     context = server.context(RequestCode.SEND_FILE, client_id, payload)
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(FramingError) as caught:
         handlers.handle_send_file(context)
     assert caught.value.closes_connection
     assert server.stored() == []
@@ -304,7 +315,7 @@ def test_1028_without_room_on_the_disk_is_refused_before_its_content(tmp_path: P
     server.store.min_free_space = 1 << 62
     ciphertext = encrypt(aes_key, b"content")
     context = server.context(RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext)
-    with pytest.raises(ProtocolError, match="disk space"):
+    with pytest.raises(StorageError, match="disk space"):
         handlers.handle_send_file(context)
     assert context.payload.unread == 16, "the content is left unread (the loop decides what to skip)"
     assert server.stored() == []
@@ -320,7 +331,9 @@ def test_1028_that_fails_to_write_is_refused_and_keeps_nothing(
 
     monkeypatch.setattr(handlers, "_write_all", full_disk)
     ciphertext = encrypt(aes_key, b"content")
-    error = server.refused(RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext)
+    error = server.refused(
+        RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext, StorageError
+    )
     assert "cannot write" in str(error)
     assert server.db.get_file(client_id, "x.bin") is None and server.stored() == []
 
@@ -376,9 +389,9 @@ def test_1029_verifies_the_file(server: Server) -> None:
 def test_1029_of_an_unknown_file_or_client_is_refused(server: Server) -> None:
     client_id, aes_key = server.registered()
     server.send_file(client_id, aes_key, "x.bin", b"content")
-    error = server.refused(RequestCode.CRC_OK, client_id, encode_name("y.bin"))
-    assert error.response_code == ResponseCode.GENERAL_ERROR and "unknown file" in str(error)
-    error = server.refused(RequestCode.CRC_OK, bytes(16), encode_name("x.bin"))
+    error = server.refused(RequestCode.CRC_OK, client_id, encode_name("y.bin"), UnknownFile)
+    assert "unknown file" in str(error)
+    error = server.refused(RequestCode.CRC_OK, bytes(16), encode_name("x.bin"), UnknownClient)
     assert "not registered" in str(error)
     record = server.db.get_file(client_id, "x.bin")
     assert record is not None and not record.verified
@@ -391,7 +404,9 @@ def test_1030_has_no_response_and_keeps_the_file(server: Server, caplog: pytest.
     assert server.call(RequestCode.CRC_RETRY, client_id, encode_name("x.bin")) is None
     assert server.db.get_file(client_id, "x.bin") is not None and len(server.stored()) == 1
     assert "checksum mismatch on 'x.bin'" in caplog.text
-    assert "not registered" in str(server.refused(RequestCode.CRC_RETRY, bytes(16), encode_name("x.bin")))
+    assert "not registered" in str(
+        server.refused(RequestCode.CRC_RETRY, bytes(16), encode_name("x.bin"), UnknownClient)
+    )
 
 
 def test_1031_removes_the_file_and_its_record(server: Server) -> None:
@@ -413,7 +428,9 @@ def test_1031_of_a_file_never_stored_is_acknowledged(server: Server) -> None:
         ResponseCode.ACK,
         client_id,
     )
-    assert "not registered" in str(server.refused(RequestCode.CRC_ABORT, bytes(16), encode_name("x.bin")))
+    assert "not registered" in str(
+        server.refused(RequestCode.CRC_ABORT, bytes(16), encode_name("x.bin"), UnknownClient)
+    )
 
 
 def test_one_clients_1031_leaves_another_clients_file_of_that_name(server: Server) -> None:

@@ -23,7 +23,7 @@ from crypto_utils import (
     padding_length,
     wrap_aes_key,
 )
-from database import ClientRecord, Database
+from database import ClientRecord, Database, LimitReached
 from protocol import (
     AES_BLOCK_SIZE,
     SEND_FILE_HEAD,
@@ -42,7 +42,7 @@ from protocol import (
     UnknownClient,
     UnknownFile,
 )
-from storage import FileStore, StorageError
+from storage import FileStore, Partial, StorageError
 from streams import PayloadReader
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ def handle_public_key(ctx: RequestContext) -> Reply:
         # lost its key registers anew; a repeated 1026 with the same key is fine.
         raise KeyAlreadySet(f"client {client.name!r} already has a different public key")
     aes_key, wrapped = _new_wrapped_aes_key(ctx, request.public_key)
-    ctx.db.set_keys(client.client_id, request.public_key, aes_key)
+    if not ctx.db.set_keys(client.client_id, request.name, request.public_key, aes_key):
+        # Dropped since it was read (a racing 1027, or expired): no key for a client that is gone.
+        raise UnknownClient(f"client {client.client_id.hex()} was removed during its 1026")
     return ResponseCode.AES_KEY, AesKeyResponse(client.client_id, wrapped).pack()
 
 
@@ -118,15 +120,20 @@ def handle_reconnect(ctx: RequestContext) -> Reply:
         return denied
     if client.public_key is None:
         # Registered but never sent its key: drop it so its next 1025 succeeds (§2).
-        ctx.db.delete_incomplete_client(client.client_id)
-        log.info("reconnect denied: %r never completed its key exchange", request.name)
-        return denied
+        if ctx.db.delete_incomplete_client(client.client_id):
+            log.info("reconnect denied: %r never completed its key exchange", request.name)
+            return denied
+        # A racing 1026 completed it meanwhile (or it expired): go on with what is there now.
+        client = ctx.db.get_client(ctx.header.client_id)
+        if client is None or client.public_key is None:
+            return denied
     try:
         aes_key, wrapped = _new_wrapped_aes_key(ctx, client.public_key)
     except MalformedPayload as err:
         log.info("reconnect denied: stored public key of %r is unusable: %s", request.name, err)
         return denied
-    ctx.db.set_aes_key(client.client_id, aes_key)
+    if not ctx.db.set_aes_key(client.client_id, client.public_key, aes_key):
+        raise UnknownClient(f"client {client.client_id.hex()} changed during its 1027")
     return ResponseCode.RECONNECTED, AesKeyResponse(client.client_id, wrapped).pack()
 
 
@@ -136,21 +143,37 @@ def handle_send_file(ctx: RequestContext) -> Reply:
     assert client.aes_key is not None
     head = SendFileHead.unpack(ctx.payload.read(SEND_FILE_HEAD.size), ctx.header.payload_size)
     path_name = ctx.store.path_name(client.client_id, head.file_name)
-    ctx.store.check_free_space(head.content_size)
-    partial, fd = ctx.store.create_partial(client.client_id)
+    if not ctx.db.may_add_file(client.client_id, head.file_name):
+        raise LimitReached(f"client {client.client_id.hex()} has the most files it may have")
+    partial = ctx.store.begin_upload(head.content_size)  # reserves the space until end_upload
     try:
-        with open(fd, "wb", buffering=0) as out:
+        # The store owns the descriptor: it measures the file to count what is still reserved.
+        with open(partial.fd, "wb", buffering=0, closefd=False) as out:
             checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
-        # Record first (unverified), then move into place: a crash in between
-        # leaves at worst an unverified record, never a verified stale file.
-        with ctx.store.placement_lock:
-            ctx.db.put_file(client.client_id, head.file_name, path_name)
-            ctx.store.commit_partial(partial, path_name)
-    except BaseException:
-        ctx.store.discard_partial(partial)
-        raise
+        _place(ctx, partial, client.client_id, head.file_name, path_name)
+    finally:
+        ctx.store.end_upload(partial)
     response = FileReceivedResponse(client.client_id, head.content_size, head.file_name, checksum)
     return ResponseCode.FILE_RECEIVED, response.pack()
+
+
+def _place(ctx: RequestContext, partial: Partial, client_id: bytes, file_name: str, path_name: str) -> None:
+    """Move the file into place, then record it, then remove the copy it replaces.
+
+    `path_name` is new to this upload, so until the record names it nobody else
+    uses it; the record changes in one statement, to a file already in place
+    and unverified. No lock is needed against a 1031 or another 1028 of the
+    same name (storage.py, "Placement"). A failed move leaves no record; a
+    failed record removes the moved file.
+    """
+    ctx.store.commit_partial(partial, path_name)
+    try:
+        replaced = ctx.db.put_file(client_id, file_name, path_name)
+    except BaseException:
+        ctx.store.remove(path_name)
+        raise
+    if replaced is not None:
+        ctx.store.remove(replaced)
 
 
 def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO) -> int:
@@ -221,11 +244,11 @@ def handle_crc_abort(ctx: RequestContext) -> Reply:
     """
     client = _registered_client(ctx)
     request = NameRequest.unpack(ctx.payload.read_all())
-    with ctx.store.placement_lock:
-        record = ctx.db.get_file(client.client_id, request.name)
-        if record is not None:
-            ctx.db.delete_file(client.client_id, request.name)
-            ctx.store.remove(record.path_name)
+    # The record goes first, in one statement that hands back its path: only then is the
+    # file nobody's, and a 1028 racing this one records a file of its own (storage.py).
+    path_name = ctx.db.delete_file(client.client_id, request.name)
+    if path_name is not None:
+        ctx.store.remove(path_name)
     return ResponseCode.ACK, ClientIdResponse(client.client_id).pack()
 
 

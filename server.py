@@ -21,11 +21,20 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from database import DATABASE_FILE_NAME, Database, DatabaseError
+from database import (
+    DATABASE_FILE_NAME,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_FILES_PER_CLIENT,
+    DEFAULT_MAX_INCOMPLETE_REGISTRATIONS,
+    DEFAULT_REGISTRATION_TIMEOUT,
+    Database,
+    DatabaseError,
+    Limits,
+)
 from handlers import HANDLERS, RequestContext
 from protocol import (
     MAX_CONTENT_SIZE_ON_WIRE,
@@ -39,7 +48,7 @@ from protocol import (
     check_request_size,
     pack_response,
 )
-from storage import DEFAULT_MIN_FREE_SPACE, FileStore
+from storage import DEFAULT_MIN_FREE_SPACE, FileStore, UnsafeStorage, make_private
 from streams import PayloadReader, PeerGone, RateGuard, TooSlow, read_exact_into
 
 log = logging.getLogger("server")
@@ -65,6 +74,7 @@ class ServerConfig:
     max_connections: int
     max_file_size: int  # largest encrypted content accepted in one 1028
     min_free_space: int  # bytes that must stay free on the disk after a file is accepted
+    limits: Limits = field(default_factory=Limits)  # files per client, registrations (database.py)
 
 
 class FileTransferServer(socketserver.ThreadingTCPServer):
@@ -79,9 +89,19 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.db = Database(config.data_dir / DATABASE_FILE_NAME)
-        self.store = FileStore(config.data_dir, config.min_free_space)
-        self._reconcile_storage()
+        self.db = Database(config.data_dir / DATABASE_FILE_NAME, config.limits)
+        try:
+            # The database (AES keys) and its journal are the server's user's alone, whatever
+            # mode an older version or a copy left them with (SECURITY.md).
+            for suffix in ("", "-wal", "-shm"):
+                path = self.db.path.with_name(self.db.path.name + suffix)
+                if os.path.lexists(path):
+                    make_private(path, 0o600)
+            self.store = FileStore(config.data_dir, config.min_free_space)
+            self._reconcile_storage()
+        except BaseException:
+            self.db.close()
+            raise
         self._connections = 0
         self._connections_lock = threading.Lock()
         super().__init__((config.host, config.port), ConnectionHandler)
@@ -92,6 +112,9 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
         if missing:
             log.warning("start-up: %d file records had no stored file; removed", len(missing))
             self.db.delete_files_by_path(missing)
+        expired = self.db.expire_incomplete_registrations()
+        if expired:
+            log.info("start-up: %d registrations without a public key expired", expired)
         log.info("loaded %d registered clients from %s", self.db.count_clients(), self.db.path)
 
     def verify_request(self, request: object, client_address: object) -> bool:
@@ -117,8 +140,10 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
         log.exception("unhandled error on connection from %s", client_address)
 
     def server_close(self) -> None:
+        """Stop: no new connection, then no new transfer (a 1028 now gets 2107 and a close),
+        then the temporary files go, then the database closes (a late request gets 2107)."""
         super().server_close()
-        self.store.discard_all_partials()
+        self.store.close()
         self.db.close()
 
 
@@ -288,6 +313,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="largest encrypted file accepted, in bytes (default: the protocol's limit, about 4 GiB)",
     )
     parser.add_argument(
+        "--max-files-per-client",
+        type=int,
+        default=DEFAULT_MAX_FILES_PER_CLIENT,
+        help="files one client may have stored; a 1028 of a new name beyond it gets 2107 "
+        f"(default: {DEFAULT_MAX_FILES_PER_CLIENT})",
+    )
+    parser.add_argument(
+        "--registration-timeout",
+        type=float,
+        default=DEFAULT_REGISTRATION_TIMEOUT,
+        help="seconds a registration without a public key (1025 with no 1026) is kept after its last "
+        f"request; then it is dropped and its name is free (default: {DEFAULT_REGISTRATION_TIMEOUT:.0f})",
+    )
+    parser.add_argument(
+        "--max-incomplete-registrations",
+        type=int,
+        default=DEFAULT_MAX_INCOMPLETE_REGISTRATIONS,
+        help="registrations without a public key held at once; a 1025 beyond it gets 2107 "
+        f"(default: {DEFAULT_MAX_INCOMPLETE_REGISTRATIONS})",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=DEFAULT_MAX_CLIENTS,
+        help=f"clients registered in all; a 1025 beyond it gets 2107 (default: {DEFAULT_MAX_CLIENTS})",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -302,10 +354,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--idle-timeout must be positive")
     if args.min_rate < 0 or args.max_connections < 1 or args.min_free_space < 0:
         parser.error("--min-rate and --min-free-space must be >= 0, --max-connections >= 1")
+    if args.registration_timeout <= 0:
+        parser.error("--registration-timeout must be positive")
+    if min(args.max_files_per_client, args.max_incomplete_registrations, args.max_clients) < 1:
+        parser.error("--max-files-per-client, --max-incomplete-registrations and --max-clients must be >= 1")
     return args
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # A second signal during the clean-up must not interrupt it with a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt  # unwinds serve_forever() in the main thread, as Ctrl-C does
 
 
@@ -328,13 +387,20 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
         max_file_size=args.max_file_size,
         min_free_space=args.min_free_space,
+        limits=Limits(
+            registration_timeout=args.registration_timeout,
+            max_incomplete_registrations=args.max_incomplete_registrations,
+            max_clients=args.max_clients,
+            max_files_per_client=args.max_files_per_client,
+        ),
     )
     try:
         server = FileTransferServer(config)
-    except (OSError, DatabaseError) as err:
+    except (OSError, DatabaseError, UnsafeStorage) as err:
         log.error("cannot start: %s", err)
         return 1
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, _stop_on_sigterm)
     with server:
         host, bound_port = server.server_address[:2]
         log.info("listening on %s:%d (data in %s)", host, bound_port, config.data_dir)

@@ -42,7 +42,7 @@ def test_key_sizes_are_enforced_by_the_schema(db: Database) -> None:
     client_id = db.register_client("bob")
     assert client_id is not None
     with pytest.raises(ConstraintViolation):
-        db.set_keys(client_id, b"short", bytes(16))
+        db.set_keys(client_id, "bob", b"short", bytes(16))
 
 
 def test_records_survive_reopening(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     with Database(path) as first:
         client_id = first.register_client("carol")
         assert client_id is not None
-        first.set_keys(client_id, bytes(160), bytes(16))
+        first.set_keys(client_id, "carol", bytes(160), bytes(16))
         first.put_file(client_id, "a/x.bin", "storage/p")
         assert first.set_verified(client_id, "a/x.bin")
     with Database(path) as second:
@@ -73,7 +73,7 @@ def test_replacing_a_file_resets_verified(db: Database) -> None:
 def test_only_an_incomplete_registration_is_dropped(db: Database) -> None:
     complete, incomplete = db.register_client("erin"), db.register_client("frank")
     assert complete is not None and incomplete is not None
-    db.set_keys(complete, bytes(160), bytes(16))
+    db.set_keys(complete, "erin", bytes(160), bytes(16))
     assert not db.delete_incomplete_client(complete)
     assert db.delete_incomplete_client(incomplete)
     assert db.count_clients() == 1

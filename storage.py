@@ -251,11 +251,14 @@ class FileStore:
             or "\0" in parts[2]
         ):
             # Only reachable through a tampered database: never follow it.
-            raise StorageError(f"stored path {path_name!r} is not a file of the storage folder")
+            raise StorageError(f"stored path {path_name!r} is outside the storage folder's layout")
         return parts[1], parts[2]
 
     def absolute(self, path_name: str) -> Path:
+        """Where a PathName's file is; refused if that is not inside a client folder of ours."""
         folder, name = self._split(path_name)
+        if os.path.islink(self.root / folder):
+            raise StorageError(f"stored path {path_name!r} goes through a symbolic link")
         return self.root / folder / name
 
     # --- transfers ----------------------------------------------------------

@@ -1,12 +1,14 @@
 """storage.py on its own: base names, PathName, containment, temporary files, start-up reconciliation.
 
+(Issue 10's points on storage, through a server, are in test_startup.py.)
+
 No server: a FileStore on `tmp_path`. These are among the fast tests mutmut runs (docs/testing.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -15,11 +17,13 @@ import pytest
 from protocol import MalformedPayload, ProtocolError, ServerFailure
 from storage import (
     DEFAULT_MIN_FREE_SPACE,
+    INCOMING_DIR_NAME,
     MAX_STORED_BASE_NAME,
-    NAME_DIGEST_CHARS,
     PARTIAL_SUFFIX,
     STORAGE_DIR_NAME,
+    UPLOAD_ID_CHARS,
     FileStore,
+    Partial,
     StorageError,
     safe_base_name,
 )
@@ -99,9 +103,9 @@ def test_storage_errors_are_server_failures_answered_2107() -> None:
 # --- path_name ------------------------------------------------------------------------
 
 
-def test_path_name_is_the_client_folder_and_a_digest_of_the_whole_name(store: FileStore) -> None:
-    digest = hashlib.sha256(b"dir/x.bin").hexdigest()[:NAME_DIGEST_CHARS]
-    assert store.path_name(CLIENT, "dir/x.bin") == f"{STORAGE_DIR_NAME}/{CLIENT.hex()}/{digest}-x.bin"
+def test_path_name_is_the_client_folder_an_upload_id_and_the_base_name(store: FileStore) -> None:
+    pattern = rf"{STORAGE_DIR_NAME}/{CLIENT.hex()}/[0-9a-f]{{{UPLOAD_ID_CHARS}}}-x\.bin"
+    assert re.fullmatch(pattern, store.path_name(CLIENT, "dir/x.bin"))
 
 
 def test_names_that_share_a_base_name_keep_separate_files(store: FileStore) -> None:
@@ -109,8 +113,11 @@ def test_names_that_share_a_base_name_keep_separate_files(store: FileStore) -> N
     paths = {store.path_name(CLIENT, name) for name in ("a/x.bin", "b/x.bin", "x.bin", "a\\x.bin")}
     assert len(paths) == 4
     assert {path.rsplit("-", 1)[1] for path in paths} == {"x.bin"}
-    assert store.path_name(CLIENT, "x.bin") == store.path_name(CLIENT, "x.bin")
-    assert store.path_name(CLIENT, "x.bin") != store.path_name(OTHER_CLIENT, "x.bin")
+    # Every upload gets a path of its own, even of one name (storage.py, "Placement").
+    assert store.path_name(CLIENT, "x.bin") != store.path_name(CLIENT, "x.bin")
+    assert (
+        store.path_name(CLIENT, "x.bin").split("/")[1] != store.path_name(OTHER_CLIENT, "x.bin").split("/")[1]
+    )
 
 
 def test_the_longest_name_gives_a_path_name_within_255_characters(store: FileStore) -> None:
@@ -169,10 +176,10 @@ def test_remove_refuses_a_path_outside_and_leaves_it(store: FileStore) -> None:
 
 
 def test_commit_refuses_a_path_outside_and_moves_nothing(store: FileStore) -> None:
-    partial, fd = store.create_partial(CLIENT)
-    os.close(fd)
+    partial = store.begin_upload(0)
     with pytest.raises(StorageError):
         store.commit_partial(partial, "storage/../escaped")
+    store.end_upload(partial)
     assert not (store.data_dir / "escaped").exists()
 
 
@@ -188,74 +195,72 @@ def test_the_storage_folder_is_created_private(tmp_path: Path) -> None:
 
 
 def test_free_space_is_checked_with_the_margin(tmp_path: Path) -> None:
-    FileStore(tmp_path, min_free_space=0).check_free_space(0)
+    store = FileStore(tmp_path, min_free_space=0)
+    store.end_upload(store.begin_upload(0))
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     with pytest.raises(StorageError, match="not enough disk space"):
-        FileStore(tmp_path, min_free_space=0).check_free_space(free + (1 << 40))
+        store.begin_upload(free + (1 << 40))
     with pytest.raises(StorageError, match="not enough disk space"):
-        FileStore(tmp_path, min_free_space=free + (1 << 40)).check_free_space(0)
+        FileStore(tmp_path, min_free_space=free + (1 << 40)).begin_upload(0)
 
 
 # --- temporary files --------------------------------------------------------------------
 
 
-def test_a_partial_is_a_private_temporary_file_in_the_client_folder(store: FileStore) -> None:
-    partial, fd = store.create_partial(CLIENT)
-    try:
-        assert partial.parent == store.root / CLIENT.hex()
-        assert partial.name.endswith(PARTIAL_SUFFIX)
-        assert stat.S_IMODE(partial.parent.stat().st_mode) == 0o700
-        assert stat.S_IMODE(partial.stat().st_mode) == 0o600
-        assert os.write(fd, b"abc") == 3
-    finally:
-        os.close(fd)
-    assert partial.read_bytes() == b"abc"
-    second, fd2 = store.create_partial(CLIENT)
-    os.close(fd2)
-    assert second != partial
+def _written(store: FileStore, content: bytes) -> Partial:
+    partial = store.begin_upload(len(content))
+    assert os.write(partial.fd, content) == len(content)
+    return partial
 
 
-def test_commit_moves_the_partial_into_place_and_replaces_an_earlier_copy(store: FileStore) -> None:
-    path_name = store.path_name(CLIENT, "x.bin")
+def test_a_partial_is_a_private_temporary_file_in_the_incoming_folder(store: FileStore) -> None:
+    partial = _written(store, b"abc")
+    assert partial.path.parent == store.root / INCOMING_DIR_NAME
+    assert partial.name.endswith(PARTIAL_SUFFIX)
+    assert stat.S_IMODE(partial.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(partial.path.stat().st_mode) == 0o600
+    assert partial.path.read_bytes() == b"abc"
+    second = store.begin_upload(0)
+    assert second.path != partial.path
+    store.end_upload(partial)
+    store.end_upload(second)
+
+
+def test_commit_moves_the_partial_into_place(store: FileStore) -> None:
     for content in (b"first", b"second"):
-        partial, fd = store.create_partial(CLIENT)
-        os.write(fd, content)
-        os.close(fd)
+        path_name = store.path_name(CLIENT, "x.bin")
+        partial = _written(store, content)
         store.commit_partial(partial, path_name)
-        assert not partial.exists()
+        store.end_upload(partial)
+        assert not partial.path.exists()
         assert (store.data_dir / path_name).read_bytes() == content
-    store.discard_all_partials()  # a committed file is no longer a partial: it stays
+        assert stat.S_IMODE((store.data_dir / path_name).parent.stat().st_mode) == 0o700
+    store.close()  # a committed file is no longer a partial: it stays
     assert (store.data_dir / path_name).read_bytes() == b"second"
 
 
-def test_discarded_partials_are_gone(store: FileStore) -> None:
-    partial, fd = store.create_partial(CLIENT)
-    os.close(fd)
-    store.discard_partial(partial)
-    assert not partial.exists()
-    store.discard_partial(partial)  # twice is fine (a failure path may discard again)
+def test_ended_uploads_leave_nothing(store: FileStore) -> None:
+    partial = _written(store, b"abc")
+    store.end_upload(partial)
+    assert not partial.path.exists()
 
 
 def test_shutdown_removes_every_partial_still_in_progress(store: FileStore) -> None:
-    partials = []
-    for client in (CLIENT, OTHER_CLIENT, CLIENT):
-        partial, fd = store.create_partial(client)
-        os.close(fd)
-        partials.append(partial)
-    discarded, fd = store.create_partial(CLIENT)
-    os.close(fd)
-    store.discard_partial(discarded)
-    partials[2].unlink()  # already gone by other means: no error
-    store.discard_all_partials()
-    assert not [p for p in partials if p.exists()]
-    store.discard_all_partials()  # and the set was emptied
+    partials = [_written(store, b"x") for _ in range(3)]
+    ended = store.begin_upload(0)
+    store.end_upload(ended)
+    partials[2].path.unlink()  # already gone by other means: no error
+    store.close()
+    assert not [p for p in partials if p.path.exists()]
+    store.close()  # twice is fine
+    with pytest.raises(StorageError, match="shutting down"):
+        store.begin_upload(0)
+    for partial in partials:
+        store.end_upload(partial)
 
 
 def test_remove_deletes_a_stored_file_and_a_missing_one_is_fine(store: FileStore) -> None:
-    path_name = store.path_name(CLIENT, "x.bin")
-    partial, fd = store.create_partial(CLIENT)
-    os.close(fd)
-    store.commit_partial(partial, path_name)
+    path_name = _stored(store, CLIENT, "x.bin")
     store.remove(path_name)
     assert not (store.data_dir / path_name).exists()
     store.remove(path_name)
@@ -266,10 +271,9 @@ def test_remove_deletes_a_stored_file_and_a_missing_one_is_fine(store: FileStore
 
 def _stored(store: FileStore, client: bytes, name: str, content: bytes = b"c") -> str:
     path_name = store.path_name(client, name)
-    partial, fd = store.create_partial(client)
-    os.write(fd, content)
-    os.close(fd)
+    partial = _written(store, content)
     store.commit_partial(partial, path_name)
+    store.end_upload(partial)
     return path_name
 
 
@@ -277,21 +281,19 @@ def test_reconcile_keeps_recorded_files_and_removes_leftovers(store: FileStore) 
     kept = _stored(store, CLIENT, "kept.bin")
     other = _stored(store, OTHER_CLIENT, "kept.bin")
     orphan = _stored(store, CLIENT, "orphan.bin")  # moved into place, its record never written
-    partial, fd = store.create_partial(CLIENT)  # an interrupted transfer
-    os.close(fd)
+    partial = _written(store, b"half")  # an interrupted transfer
     missing = store.path_name(CLIENT, "lost.bin")  # a record whose file is gone
     assert store.reconcile({kept, other, missing}) == {missing}
     assert (store.data_dir / kept).exists() and (store.data_dir / other).exists()
     assert not (store.data_dir / orphan).exists()
-    assert not partial.exists()
+    assert not partial.path.exists()
 
 
 def test_reconcile_removes_a_partial_even_under_a_recorded_name(store: FileStore) -> None:
-    partial, fd = store.create_partial(CLIENT)
-    os.close(fd)
-    recorded = str(partial.relative_to(store.data_dir))
+    partial = _written(store, b"half")
+    recorded = partial.path.relative_to(store.data_dir).as_posix()
     assert store.reconcile({recorded}) == {recorded}
-    assert not partial.exists()
+    assert not partial.path.exists()
 
 
 def test_reconcile_of_an_empty_folder(store: FileStore) -> None:

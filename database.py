@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from protocol import ServerFailure
+from protocol import OverLimit, ServerFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -79,8 +79,8 @@ class ConstraintViolation(DatabaseError):
     """A change broke a constraint: a taken name, a file of a client that is gone."""
 
 
-class LimitReached(DatabaseError):
-    """A change would go over one of the Limits: the request gets 2107, with this as the reason."""
+class LimitReached(OverLimit):
+    """A change would go over one of the Limits: the request is refused (2107), with this reason."""
 
 
 @dataclass(frozen=True)

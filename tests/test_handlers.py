@@ -7,11 +7,11 @@ runs (docs/testing.md); the same behaviours are tested end to end in test_confor
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,8 @@ def test_1028_stores_the_decrypted_file_and_answers_its_cksum(server: Server, si
     )
     record = server.db.get_file(client_id, "dir/x.bin")
     assert record is not None and not record.verified
-    assert record.path_name == server.store.path_name(client_id, "dir/x.bin")
+    # storage/<client hex>/<upload ID>-<base name> (storage.py)
+    assert re.fullmatch(rf"storage/{client_id.hex()}/[0-9a-f]{{16}}-x\.bin", record.path_name)
     assert (server.store.data_dir / record.path_name).read_bytes() == content
     assert server.stored() == [server.store.data_dir / record.path_name]
 
@@ -441,4 +442,4 @@ def test_one_clients_1031_leaves_another_clients_file_of_that_name(server: Serve
     server.call(RequestCode.CRC_ABORT, alice, encode_name("x.bin"))
     record = server.db.get_file(bob, "x.bin")
     assert record is not None and (server.store.data_dir / record.path_name).read_bytes() == b"bob's"
-    assert hashlib.sha256(b"x.bin").hexdigest()[:16] in record.path_name
+    assert record.path_name.startswith(f"storage/{bob.hex()}/")

@@ -18,10 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-from support import RawConnection, ServerProcess
-from test_conformance import exchange_keys, expect, register, send_file_request
+from conftest import RSA_KEY
+from support import NoResponse, RawConnection, ServerProcess
+from test_conformance import expect, send_file_request
 
-from protocol import RequestCode, ResponseCode, encode_name, pack_request
+from crypto_utils import export_public_key, unwrap_aes_key
+from protocol import AesKeyResponse, RequestCode, ResponseCode, encode_name, pack_request
 
 pytestmark = pytest.mark.usefixtures("ours")  # SIGKILL and restarts need a server of our own
 
@@ -41,35 +43,84 @@ class Ledger:
 
     keyed_clients: dict[bytes, str] = field(default_factory=dict)  # got 2102
     confirmed: set[tuple[bytes, str]] = field(default_factory=set)  # sent 1029
+    failures: list[str] = field(default_factory=list)  # what went wrong other than the kill
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def worker(address: tuple[str, int], ledger: Ledger, stop: threading.Event, seed: int) -> None:
-    """Register, exchange keys, send files and confirm them until the server dies."""
+class ServerKilled(Exception):
+    """The connection broke while the test was killing the server: what the workers expect."""
+
+
+def answer(conn: RawConnection, code: ResponseCode, what: str, killing: threading.Event) -> bytes:
+    """The payload of the next response, which must be `code`.
+
+    A broken connection is the kill only once the test has begun killing; before that it
+    is a failure, as is a wrong response at any time (a killed server sends nothing wrong)
+    and a server that hangs (NoResponse: a killed server's sockets close at once).
+    """
+    try:
+        response = conn.receive()
+    except NoResponse:
+        raise
+    except (AssertionError, OSError) as err:  # receive() asserts on a closed connection
+        if killing.is_set():
+            raise ServerKilled from err
+        raise
+    assert response.code == code, f"{what}: expected {code.value}, got {response.code}"
+    return response.payload
+
+
+def send(conn: RawConnection, data: bytes, killing: threading.Event) -> None:
+    try:
+        conn.send(data)
+    except OSError as err:
+        if killing.is_set():
+            raise ServerKilled from err
+        raise
+
+
+def worker(address: tuple[str, int], ledger: Ledger, killing: threading.Event, seed: int) -> None:
+    """Register, exchange keys, send files and confirm them until the server dies.
+
+    Anything but the kill (a wrong response, a refused connection while the server is up)
+    is recorded in the ledger, and the test fails on it.
+    """
     rng = random.Random(seed)
     try:
-        while not stop.is_set():
-            with RawConnection(address, timeout=5) as conn:
+        while True:
+            try:
+                conn = RawConnection(address, timeout=5)
+            except OSError as err:
+                if killing.is_set():
+                    raise ServerKilled from err
+                raise
+            with conn:
                 name = f"crash-{uuid.uuid4().hex[:10]}"
-                client_id = register(conn, name)
-                aes_key = exchange_keys(conn, client_id, name)
+                send(conn, pack_request(bytes(16), RequestCode.REGISTER, encode_name(name)), killing)
+                client_id = answer(conn, ResponseCode.REGISTERED, "1025", killing)
+                key_request = encode_name(name) + export_public_key(RSA_KEY)
+                send(conn, pack_request(client_id, RequestCode.PUBLIC_KEY, key_request), killing)
+                wrapped = AesKeyResponse.unpack(answer(conn, ResponseCode.AES_KEY, "1026", killing))
+                aes_key = unwrap_aes_key(RSA_KEY, wrapped.encrypted_key)
                 with ledger.lock:
                     ledger.keyed_clients[client_id] = name
                 for _ in range(rng.randint(1, 3)):
                     file_name = f"f-{uuid.uuid4().hex[:8]}.bin"
-                    conn.send(
-                        send_file_request(
-                            client_id, aes_key, file_name, content_for(file_name, rng.randint(1, 3 << 20))
-                        )
-                    )
-                    expect(conn, ResponseCode.FILE_RECEIVED, "1028")
+                    content = content_for(file_name, rng.randint(1, 3 << 20))
+                    send(conn, send_file_request(client_id, aes_key, file_name, content), killing)
+                    answer(conn, ResponseCode.FILE_RECEIVED, "1028", killing)
                     if rng.random() < 0.7:
                         with ledger.lock:
                             ledger.confirmed.add((client_id, file_name))
-                        conn.send(pack_request(client_id, RequestCode.CRC_OK, encode_name(file_name)))
-                        expect(conn, ResponseCode.ACK, "1029")
-    except (OSError, AssertionError):
-        return  # the server was killed under us: expected
+                        send(
+                            conn, pack_request(client_id, RequestCode.CRC_OK, encode_name(file_name)), killing
+                        )
+                        answer(conn, ResponseCode.ACK, "1029", killing)
+    except ServerKilled:
+        return
+    except BaseException as err:  # recorded for the main thread, which fails the test on it
+        with ledger.lock:
+            ledger.failures.append(f"{type(err).__name__}: {err}")
 
 
 def check_invariants(server: ServerProcess, ledger: Ledger) -> None:
@@ -98,18 +149,24 @@ def test_sigkill_during_transfers_and_registrations(server: ServerProcess) -> No
     ledger = Ledger()
     rng = random.Random(1234)
     for round_number in range(ROUNDS):
-        stop = threading.Event()
+        killing = threading.Event()
         threads = [
-            threading.Thread(target=worker, args=(server.address, ledger, stop, round_number * WORKERS + i))
+            threading.Thread(
+                target=worker, args=(server.address, ledger, killing, round_number * WORKERS + i)
+            )
             for i in range(WORKERS)
         ]
         for thread in threads:
             thread.start()
-        stop.wait(rng.uniform(0.2, 1.0))  # let the workers get into the middle of things
+        killing.wait(rng.uniform(0.2, 1.0))  # let the workers get into the middle of things
+        killing.set()
         server.kill()
-        stop.set()
         for thread in threads:
             thread.join(30)
+        assert not any(thread.is_alive() for thread in threads), "a worker hangs after the kill"
+        assert not ledger.failures, (
+            f"round {round_number}: the workers met more than the kill: {ledger.failures}"
+        )
         server.start()
         check_invariants(server, ledger)
     assert ledger.keyed_clients, "no client completed a key exchange: the test exercised nothing"

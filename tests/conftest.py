@@ -29,7 +29,6 @@ from support import (
     listening_host,
 )
 
-from client import FileTransferClient
 from crypto_utils import generate_rsa_key
 
 pytest_plugins = ["grading"]
@@ -152,16 +151,6 @@ def corrupting_proxy() -> Iterator[ProxyFactory]:
 @pytest.fixture
 def unique_name() -> Callable[[], str]:
     return lambda: f"user-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def connected_client(server: ServerProcess, unique_name: Callable[[], str]) -> Iterator[FileTransferClient]:
-    """A client registered under a fresh name, with its AES key, on an open connection."""
-    with FileTransferClient(*server.address, timeout=READ_TIMEOUT) as client:
-        name = unique_name()
-        assert client.register(name) is not None
-        client.send_public_key(name, RSA_KEY)
-        yield client
 
 
 # One RSA key for every test: generating a 1024-bit key costs tens of milliseconds.

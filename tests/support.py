@@ -23,8 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -399,23 +399,6 @@ def _kernel_address(address_hex: str) -> ipaddress.IPv4Address | ipaddress.IPv6A
     return address
 
 
-@contextmanager
-def running_server(
-    server_dir: Path,
-    data_dir: Path,
-    *,
-    ours: bool = True,
-    python: str = sys.executable,
-    extra_args: list[str] | None = None,
-) -> Iterator[ServerProcess]:
-    server = ServerProcess(server_dir, data_dir, python=python, ours=ours, extra_args=extra_args or [])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def copy_submission(source: Path, destination: Path) -> Path:
     """A submission folder copied without its state, so that each test starts clean."""
     shutil.copytree(source, destination, ignore=SUBMISSION_LEFTOVERS)
@@ -528,7 +511,6 @@ class CorruptingProxy:
     def __init__(self, upstream: tuple[str, int], corrupt: int | None) -> None:
         self.upstream = upstream
         self.remaining = corrupt if corrupt is not None else 2**31
-        self.corrupted = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -565,7 +547,6 @@ class CorruptingProxy:
             if self.remaining <= 0:
                 return False
             self.remaining -= 1
-            self.corrupted += 1
             return True
 
     def _forward_requests(self, downstream: socket.socket, upstream: socket.socket) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -25,17 +27,25 @@ from io import BufferedIOBase
 from pathlib import Path
 from typing import TypeVar
 
-from Crypto.PublicKey import RSA
-from tqdm import tqdm
+from dependencies import exit_if_missing_package
 
-from crypto_utils import (
-    CbcEncryptor,
-    Cksum,
-    CryptoError,
-    export_public_key,
-    generate_rsa_key,
-    unwrap_aes_key,
-)
+try:
+    from Crypto.PublicKey import RSA
+    from tqdm import tqdm
+
+    from crypto_utils import (
+        CbcEncryptor,
+        Cksum,
+        CryptoError,
+        export_public_key,
+        generate_rsa_key,
+        unwrap_aes_key,
+    )
+
+    if importlib.util.find_spec("cryptography") is None:  # crypto_utils imports it when it encrypts
+        raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
+except ModuleNotFoundError as err:  # before anything else: one line, not a traceback
+    exit_if_missing_package(err, "client.py")
 from protocol import (
     AES_BLOCK_SIZE,
     CLIENT_ID_SIZE,
@@ -66,7 +76,7 @@ PRIVATE_KEY_FILE = "priv.key"
 MAX_CLIENT_NAME = 100  # transfer.info's limit on the name (§5)
 ATTEMPTS_PER_STEP = 4  # a step answered with 2107 is tried again up to 3 times (§6)
 SEND_ATTEMPTS = 4  # the fourth checksum mismatch ends the transfer with 1031 (§6)
-SOCKET_TIMEOUT = 60.0  # seconds to wait for the server before giving up
+DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer (--timeout); the C++ client's default too
 CHUNK_SIZE = 256 * 1024  # plaintext read, checksummed and encrypted at a time (a multiple of 16)
 BASE64_LINE = 72  # line length of Crypto++'s Base64Encoder, which the C++ client reads
 PROGRESS_MIN_SIZE = 1024 * 1024
@@ -82,6 +92,14 @@ class ServerError(ClientError):
     """The server answered 2107 or something the protocol does not allow here."""
 
 
+class NoAnswer(ClientError):
+    """The server sent nothing, or took nothing, for the whole timeout."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        # The C++ client words it the same way (client/README.md).
+        super().__init__(f"no answer from {host}:{port} within {timeout:g} s")
+
+
 # --- the files around the client --------------------------------------------
 
 
@@ -95,25 +113,41 @@ class TransferInfo:
     @classmethod
     def load(cls, path: Path) -> TransferInfo:
         try:
-            lines = path.read_text(encoding="ascii").splitlines()
+            # UTF-8: the file's path may name folders in any language; only its base name
+            # travels, and that must be ASCII (§7).
+            lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise ClientError(f"cannot read {path}: {err}") from err
         if len(lines) < 3:
-            raise ClientError(f"{path}: expected 3 lines (host:port, name, file), found {len(lines)}")
+            # Lines counted as str.splitlines() counts them; the C++ client counts the same way.
+            raise ClientError(f"{path.name} has {len(lines)} lines; expected 3 (host:port, name, file path)")
         host, colon, port_text = lines[0].strip().rpartition(":")
         if not colon or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise ClientError(f"{path}: line 1 must be host:port, not {lines[0]!r}")
         name = lines[1].strip()
-        if not 1 <= len(name) <= MAX_CLIENT_NAME or not name.isprintable():
-            raise ClientError(f"{path}: line 2 must be a name of 1 to {MAX_CLIENT_NAME} characters")
+        if not 1 <= len(name) <= MAX_CLIENT_NAME or not name.isprintable() or not name.isascii():
+            raise ClientError(
+                f"{path}: line 2 must be a name of 1 to {MAX_CLIENT_NAME} printable ASCII characters"
+            )
         file_path = lines[2].strip()
-        try:
-            encode_name(file_path)  # it travels as the 1028's file name
-        except ValueError as err:
-            raise ClientError(f"{path}: line 3 must be a file path of 1 to 254 ASCII characters") from err
-        if not file_path:
+        if not base_name(file_path):
             raise ClientError(f"{path}: line 3 must name the file to send")
+        try:
+            encode_name(base_name(file_path))  # it travels as the 1028's file name (§6)
+        except ValueError as err:
+            raise ClientError(
+                f"{path}: line 3: the file's name {base_name(file_path)!r} must be 1 to 254 ASCII characters"
+            ) from err
         return cls(host, int(port_text), name, Path(file_path))
+
+
+def base_name(path: str) -> str:
+    """The last component of `path`, split at both separators: the name a 1028 carries (§6).
+
+    A full path would tell the server the sender's folders; `C:\\dir\\f.bin` and
+    `/dir/f.bin` are both `f.bin`, whatever system the client runs on.
+    """
+    return re.split(r"[\\/]", path)[-1]
 
 
 @dataclass(frozen=True)
@@ -163,7 +197,8 @@ def _write_private(path: Path, text: str) -> None:
 class FileTransferClient:
     """One connection to the server; a method per request, each returning the decoded response."""
 
-    def __init__(self, host: str, port: int, timeout: float = SOCKET_TIMEOUT) -> None:
+    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as err:
@@ -207,7 +242,7 @@ class FileTransferClient:
         try:
             data = self._stream.read(size)
         except TimeoutError as err:
-            raise ClientError("the server did not answer in time") from err
+            raise NoAnswer(self.host, self.port, self.timeout) from err
         if len(data) != size:
             raise ClientError("the server closed the connection")
         return data
@@ -248,10 +283,11 @@ class FileTransferClient:
     def send_file(
         self, path: Path, file_name: str | None = None, progress: Callable[[int], object] | None = None
     ) -> tuple[FileReceivedResponse, int]:
-        """1028: stream `path` encrypted; return the 2103 and the local checksum."""
+        """1028: stream `path` encrypted under its base name (or `file_name`); return the 2103
+        and the local checksum."""
         if self.aes_key is None:
             raise ClientError("no AES key: register or reconnect first")
-        name = file_name if file_name is not None else str(path)
+        name = file_name if file_name is not None else base_name(str(path))
         try:
             source = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; opened here to report errors)
         except OSError as err:
@@ -377,6 +413,7 @@ def run_transfer(
     folder: Path,
     report: Callable[[str], None] = print,
     progress_factory: Callable[[int], Callable[[int], object] | None] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> TransferResult:
     """Everything §6 describes, from `folder`'s transfer.info to 1029 or 1031."""
     info = TransferInfo.load(folder / TRANSFER_INFO)
@@ -384,30 +421,56 @@ def run_transfer(
     if not file_path.is_file():
         raise ClientError(f"cannot read {file_path}: not a file")
     me = MeInfo.load(folder / ME_INFO) if (folder / ME_INFO).exists() else None
-    with FileTransferClient(info.host, info.port) as client:
-        aes_key = None
-        if me is not None:
-            aes_key = _retrying(
-                "reconnect", lambda: client.reconnect(me.name, me.client_id, me.private_key), report
+    with FileTransferClient(info.host, info.port, timeout) as client:
+        try:
+            return _transfer(
+                client,
+                info,
+                file_path=file_path,
+                me=me,
+                folder=folder,
+                report=report,
+                progress_factory=progress_factory,
             )
-            if aes_key is None:
-                report("reconnect denied: registering anew")
+        except TimeoutError as err:  # a send that the server took nothing of for the whole timeout
+            raise NoAnswer(info.host, info.port, timeout) from err
+
+
+def _transfer(
+    client: FileTransferClient,
+    info: TransferInfo,
+    *,
+    file_path: Path,
+    me: MeInfo | None,
+    folder: Path,
+    report: Callable[[str], None],
+    progress_factory: Callable[[int], Callable[[int], object] | None] | None,
+) -> TransferResult:
+    aes_key = None
+    if me is not None:
+        aes_key = _retrying(
+            "reconnect", lambda: client.reconnect(me.name, me.client_id, me.private_key), report
+        )
         if aes_key is None:
-            _register(client, info.name, folder, report)
-        file_name = str(info.file_path)
-        progress = progress_factory(file_path.stat().st_size) if progress_factory else None
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            received, checksum = _retrying(
-                "send file", lambda: client.send_file(file_path, file_name, progress), report
-            )
-            if received.cksum == checksum:
-                _retrying("confirm checksum", lambda: client.crc_ok(file_name), report)
-                return TransferResult(True, attempt, checksum)
-            report(f"checksum mismatch (attempt {attempt}): server {received.cksum}, local {checksum}")
-            if attempt < SEND_ATTEMPTS:
-                client.crc_retry(file_name)
-        _retrying("give up", lambda: client.crc_abort(file_name), report)
-        return TransferResult(False, SEND_ATTEMPTS, checksum)
+            report("reconnect denied: registering anew")
+        else:
+            report(f"reconnected as {uuid.UUID(bytes=me.client_id)}")
+    if aes_key is None:
+        _register(client, info.name, folder, report)
+    file_name = base_name(str(info.file_path))
+    progress = progress_factory(file_path.stat().st_size) if progress_factory else None
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        received, checksum = _retrying(
+            "send file", lambda: client.send_file(file_path, file_name, progress), report
+        )
+        if received.cksum == checksum:
+            _retrying("confirm checksum", lambda: client.crc_ok(file_name), report)
+            return TransferResult(True, attempt, checksum)
+        report(f"checksum mismatch (attempt {attempt}): server {received.cksum}, local {checksum}")
+        if attempt < SEND_ATTEMPTS:
+            client.crc_retry(file_name)
+    _retrying("give up", lambda: client.crc_abort(file_name), report)
+    return TransferResult(False, SEND_ATTEMPTS, checksum)
 
 
 def _register(client: FileTransferClient, name: str, folder: Path, report: Callable[[str], None]) -> None:
@@ -434,17 +497,39 @@ def _progress_bar(total: int) -> Callable[[int], object] | None:
     return update
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Send a file to the encrypted file-transfer server.")
     parser.add_argument(
         "--dir", type=Path, default=Path("."), help="folder with transfer.info (default: the current one)"
     )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds to wait for each answer of the server (default: {DEFAULT_TIMEOUT:g})",
+    )
     args = parser.parse_args(argv)
     try:
-        result = run_transfer(args.dir, report=print, progress_factory=_progress_bar)
+        result = run_transfer(args.dir, report=print, progress_factory=_progress_bar, timeout=args.timeout)
     except (ClientError, ProtocolError, OSError) as err:
         print(f"Fatal: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the connection closes with the process, and the server drops what it
+        # received of the transfer (§7, a client vanishing mid-transfer).
+        print("Interrupted", file=sys.stderr)
+        return 130
     if not result.verified:
         print(
             f"Fatal: the checksum did not match after {result.attempts} attempts; the transfer failed",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -25,31 +26,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from database import (
-    DATABASE_FILE_NAME,
-    DEFAULT_MAX_CLIENTS,
-    DEFAULT_MAX_FILES_PER_CLIENT,
-    DEFAULT_MAX_INCOMPLETE_REGISTRATIONS,
-    DEFAULT_REGISTRATION_TIMEOUT,
-    Database,
-    DatabaseError,
-    Limits,
-)
-from handlers import HANDLERS, RequestContext
-from protocol import (
-    MAX_CONTENT_SIZE_ON_WIRE,
-    MAX_DISCARDED_PAYLOAD,
-    REQUEST_HEADER,
-    FramingError,
-    RequestCode,
-    RequestError,
-    RequestHeader,
-    ResponseCode,
-    check_request_size,
-    pack_response,
-)
-from storage import DEFAULT_MIN_FREE_SPACE, FileStore, UnsafeStorage, make_private
-from streams import PayloadReader, PeerGone, RateGuard, TooSlow, read_exact_into
+from dependencies import exit_if_missing_package
+
+try:
+    from database import (
+        DATABASE_FILE_NAME,
+        DEFAULT_MAX_CLIENTS,
+        DEFAULT_MAX_FILES_PER_CLIENT,
+        DEFAULT_MAX_INCOMPLETE_REGISTRATIONS,
+        DEFAULT_REGISTRATION_TIMEOUT,
+        Database,
+        DatabaseError,
+        Limits,
+    )
+    from handlers import HANDLERS, RequestContext
+    from protocol import (
+        MAX_CONTENT_SIZE_ON_WIRE,
+        MAX_DISCARDED_PAYLOAD,
+        REQUEST_HEADER,
+        FramingError,
+        RequestCode,
+        RequestError,
+        RequestHeader,
+        ResponseCode,
+        check_request_size,
+        pack_response,
+    )
+    from storage import DEFAULT_MIN_FREE_SPACE, FileStore, UnsafeStorage, make_private
+    from streams import PayloadReader, PeerGone, RateGuard, TooSlow, read_exact_into
+except ModuleNotFoundError as err:  # pycryptodome or anycrc not installed: one line, not a traceback
+    exit_if_missing_package(err, "server.py")
 
 log = logging.getLogger("server")
 
@@ -361,6 +367,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def data_dir_problem(data_dir: Path) -> str | None:
+    """What is wrong with --data-dir, or None. A missing folder is refused, not created:
+    a typo in the path would otherwise start an empty database (docs/server.md)."""
+    if not data_dir.exists():
+        return f"--data-dir {data_dir} does not exist; create it (mkdir -p {data_dir}) or correct the path"
+    if not data_dir.is_dir():
+        return f"--data-dir {data_dir} is a file, not a folder; name a folder for the database and storage"
+    return None
+
+
+def start_up_failure(err: OSError | DatabaseError | UnsafeStorage, config: ServerConfig) -> str:
+    """One line for a failed start that names the port or the file and says what to do."""
+    where = "choose another with --port or port.info"
+    if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
+        return f"port {config.port} is already in use (another server running?); {where}"
+    if isinstance(err, OSError) and err.errno == errno.EACCES and err.filename is None:
+        return f"no permission to listen on port {config.port} (below 1024 needs root?); {where}"
+    if isinstance(err, OSError) and err.errno == errno.EADDRNOTAVAIL:
+        return f"{config.host} is not an address of this machine; correct --host"
+    if isinstance(err, socket.gaierror):
+        return f"--host {config.host}: {err.strerror}; correct --host"
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror}; check --data-dir {config.data_dir}"
+    return f"{err} (data in {config.data_dir})"
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # A second signal during the clean-up must not interrupt it with a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -394,10 +426,14 @@ def main(argv: list[str] | None = None) -> int:
             max_files_per_client=args.max_files_per_client,
         ),
     )
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
     try:
         server = FileTransferServer(config)
     except (OSError, DatabaseError, UnsafeStorage) as err:
-        log.error("cannot start: %s", err)
+        log.error("cannot start: %s", start_up_failure(err, config))
         return 1
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     signal.signal(signal.SIGINT, _stop_on_sigterm)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import ProxyFactory, ServerFactory
 from support import REPO_ROOT, ServerProcess, free_port
 
+from client import base_name
 from crypto_utils import cksum
 from protocol import RequestCode
 
@@ -72,6 +74,7 @@ def test_first_run_registers_and_second_run_reconnects(
     assert "register" not in second.stdout
     assert server.query("SELECT ID FROM clients WHERE Name = ?", (name,)) == [(client_id,)]
     assert "code=1027 -> 2105" in server.log_text()
+    assert second.stdout.startswith(f"reconnected as {uuid.UUID(hex=me_lines[1])}\n")
 
 
 @pytest.mark.parametrize(
@@ -169,17 +172,23 @@ def test_server_not_running(tmp_path: Path) -> None:
     ("transfer_info", "message"),
     [
         (None, "cannot read"),
-        ("127.0.0.1:1357\nalice\n", "expected 3 lines"),
+        ("127.0.0.1:1357\nalice\n", "transfer.info has 2 lines; expected 3 (host:port, name, file path)"),
+        # Lines as str.splitlines() counts them, as the C++ client does: one empty line is a line.
+        ("\n", "transfer.info has 1 lines; expected 3 (host:port, name, file path)"),
+        ("", "transfer.info has 0 lines; expected 3 (host:port, name, file path)"),
         ("localhost\nalice\na.bin\n", "line 1 must be host:port"),
         ("127.0.0.1:99999\nalice\na.bin\n", "line 1 must be host:port"),
         ("127.0.0.1:1357\n" + "x" * 101 + "\na.bin\n", "line 2"),
         ("127.0.0.1:1357\nalice\nmissing.bin\n", "not a file"),
+        ("127.0.0.1:1357\nalice\nfolder/\n", "line 3 must name the file to send"),
+        ("127.0.0.1:1357\nalice\nfichier-é.bin\n", "line 3: the file's name 'fichier-é.bin' must be"),
+        ("127.0.0.1:1357\nalicé\na.bin\n", "line 2 must be a name of 1 to 100 printable ASCII"),
     ],
 )
 def test_bad_transfer_info(tmp_path: Path, transfer_info: str | None, message: str) -> None:
     (tmp_path / "a.bin").write_bytes(b"a")
     if transfer_info is not None:
-        (tmp_path / "transfer.info").write_text(transfer_info)
+        (tmp_path / "transfer.info").write_text(transfer_info, encoding="utf-8")
     result = run_client(tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("Fatal: ") and message in result.stderr
@@ -215,3 +224,37 @@ def test_progress_bar_on_a_terminal_only(
     assert "%|" in on_terminal.stdout and "B/s" in on_terminal.stdout
     piped = run_client(folder)
     assert piped.returncode == 0 and "%|" not in piped.stderr + piped.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("f.bin", "f.bin"),
+        ("sub/dir/f.bin", "f.bin"),
+        ("/home/me/f.bin", "f.bin"),
+        ("C:\\Users\\me\\f.bin", "f.bin"),
+        ("..\\up/mixed\\f.bin", "f.bin"),
+        ("folder/", ""),
+    ],
+)
+def test_base_name_is_the_last_component_at_either_separator(path: str, name: str) -> None:
+    assert base_name(path) == name
+
+
+def test_the_file_travels_under_its_base_name_from_a_non_ascii_folder(
+    server: ServerProcess, tmp_path: Path, unique_name: NameFactory
+) -> None:
+    """§6: the 1028 names the file, not the sender's folders; §7: a folder named in Hebrew is
+    no reason to fail."""
+    folder = tmp_path / "work"
+    shalom = "\u05e9\u05dc\u05d5\u05dd"  # Hebrew, as in C:\\Users\\<shalom>\\...
+    (folder / shalom / "sub").mkdir(parents=True)
+    content = os.urandom(1000)
+    (folder / shalom / "sub" / "report.txt").write_bytes(content)
+    (folder / "transfer.info").write_text(
+        f"{server.address[0]}:{server.address[1]}\n{unique_name()}\n{shalom}/sub/report.txt\n",
+        encoding="utf-8",
+    )
+    result = run_client(folder)
+    assert result.returncode == 0, result.stderr
+    assert stored_files(server) == {"report.txt": (content, 1)}

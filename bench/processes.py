@@ -63,6 +63,7 @@ class OurServer:
 
     data_dir: Path
     python: str = sys.executable
+    server_py: Path = SERVER_PY  # another tree's server.py, for an A/B run (bench/ab.py)
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -76,7 +77,7 @@ class OurServer:
 
     def __enter__(self) -> OurServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [self.python, str(SERVER_PY), "--host", LOOPBACK, "--port", "0"]
+        command = [self.python, str(self.server_py), "--host", LOOPBACK, "--port", "0"]
         command += ["--data-dir", str(self.data_dir), "--log-level", "INFO"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -272,6 +273,18 @@ class ScpTarget:
             error = self.master.stderr.read()
         reason = error.decode("utf-8", "replace")
         raise BenchError(f"ssh master connection to the private sshd failed: {reason}")
+
+    @property
+    def sshd_pid(self) -> int:
+        if self.sshd_process is None:
+            raise BenchError("sshd is not running")
+        return self.sshd_process.pid
+
+    @property
+    def master_pid(self) -> int:
+        if self.master is None:
+            raise BenchError("the ssh master connection is not open")
+        return self.master.pid
 
     def scp_command(self, source: Path, destination: Path) -> list[str]:
         return [

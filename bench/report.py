@@ -2,7 +2,9 @@
 
 MB is 10^6 bytes (as scp and the issue count); MiB is 2^20. Each throughput is
 the file size over the median time of its runs; each ratio ours/scp divides
-two medians measured in the same benchmark run, runs interleaved.
+two medians measured in the same benchmark run, runs interleaved. CPU seconds
+per GiB are the median of the runs' CPU seconds (user + system), scaled to
+2^30 bytes, for the client's side, the server's, and both together.
 """
 
 from __future__ import annotations
@@ -20,24 +22,71 @@ from pathlib import Path
 
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 
-from bench.workloads import ConcurrencyResult, percentile
+from bench.cpu import MIN_CPU_SIZE
+from bench.workloads import ConcurrencyResult, Timing, percentile
 
 MB = 1_000_000
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+# Targets of issue 13 at 1 GiB, ours / scp in the same run: printed beside the ratios.
+TARGETS = {"python": 1.0, "pre_encrypted": 1.3}
+
+
+# The tools of a size's runs, in the order of the tables: (key, label).
+TOOLS = (
+    ("python", "ours, Python client"),
+    ("cpp", "ours, C++ client"),
+    ("pre_encrypted", "ours, server alone"),
+    ("scp", "scp aes128-gcm"),
+)
 
 
 @dataclass
 class SizeResult:
+    """Every run of every tool at one file size: seconds, and CPU seconds on each side."""
+
     size: int
     python_seconds: list[float] = field(default_factory=list)
     pre_encrypted_seconds: list[float] = field(default_factory=list)
     cpp_seconds: list[float] = field(default_factory=list)
     scp_seconds: list[float] = field(default_factory=list)
+    # CPU seconds (user + system) of each run, the client's side and the server's (bench/cpu.py).
+    python_client_cpu: list[float] = field(default_factory=list)
+    python_server_cpu: list[float] = field(default_factory=list)
+    pre_encrypted_client_cpu: list[float] = field(default_factory=list)
+    pre_encrypted_server_cpu: list[float] = field(default_factory=list)
+    cpp_client_cpu: list[float] = field(default_factory=list)
+    cpp_server_cpu: list[float] = field(default_factory=list)
+    scp_client_cpu: list[float] = field(default_factory=list)
+    scp_server_cpu: list[float] = field(default_factory=list)
     server_start_rss_kib: int = 0  # VmHWM of the fresh server before any transfer
     server_peak_rss_kib: int = 0  # VmHWM after all the transfers of this size
 
+    def seconds(self, tool: str) -> list[float]:
+        runs: list[float] = getattr(self, f"{tool}_seconds")
+        return runs
+
+    def record(self, tool: str, timing: Timing) -> None:
+        self.seconds(tool).append(timing.seconds)
+        getattr(self, f"{tool}_client_cpu").append(timing.client_cpu)
+        getattr(self, f"{tool}_server_cpu").append(timing.server_cpu)
+
+    def clear(self, tool: str) -> None:
+        for suffix in ("seconds", "client_cpu", "server_cpu"):
+            getattr(self, f"{tool}_{suffix}").clear()
+
     def mb_per_s(self, seconds: list[float]) -> float | None:
         return self.size / statistics.median(seconds) / MB if seconds else None
+
+    def cpu_per_gib(self, tool: str, side: str) -> float | None:
+        """Median CPU seconds per GiB of `tool`'s runs on `side` ("client", "server", "total")."""
+        if self.size < MIN_CPU_SIZE:
+            return None  # a few clock ticks: noise
+        client: list[float] = getattr(self, f"{tool}_client_cpu")
+        server: list[float] = getattr(self, f"{tool}_server_cpu")
+        total = [a + b for a, b in zip(client, server, strict=True)]
+        runs = {"client": client, "server": server, "total": total}[side]
+        return statistics.median(runs) * GIB / self.size if runs else None
 
 
 @dataclass
@@ -104,6 +153,37 @@ def _ratio(ours: float | None, reference: float | None) -> float | None:
     return ours / reference if ours is not None and reference else None
 
 
+def _headline(results: BenchResults) -> list[str]:
+    """The largest size's ratios to scp against the targets, and the CPU per GiB: the answer first."""
+    if not results.sizes:
+        return []
+    entry = max(results.sizes, key=lambda result: result.size)
+    scp = entry.mb_per_s(entry.scp_seconds)
+    parts = []
+    for tool, label in TOOLS[:3]:
+        speed = entry.mb_per_s(entry.seconds(tool))
+        if speed is None:
+            continue
+        ratio = _ratio(speed, scp)
+        text = f"{label} {speed:.0f} MB/s"
+        if ratio is not None:
+            target = TARGETS.get(tool)
+            goal = f", target {target:.1f}x" if target is not None and entry.size >= GIB else ""
+            text += f" = {ratio:.2f}x scp{goal}"
+        server_cpu = entry.cpu_per_gib(tool, "server")
+        client_cpu = entry.cpu_per_gib(tool, "client")
+        if server_cpu is not None and client_cpu is not None:
+            text += f" (CPU s/GiB: server {server_cpu:.2f}, client {client_cpu:.2f})"
+        parts.append(text)
+    if scp is not None:
+        text = f"scp {scp:.0f} MB/s"
+        server_cpu, client_cpu = entry.cpu_per_gib("scp", "server"), entry.cpu_per_gib("scp", "client")
+        if server_cpu is not None and client_cpu is not None:
+            text += f" (CPU s/GiB: sshd {server_cpu:.2f}, ssh+scp {client_cpu:.2f})"
+        parts.append(text)
+    return [f"**At {size_label(entry.size)}:** " + "; ".join(parts) + ".", ""]
+
+
 def table(results: BenchResults) -> str:
     """The results as Markdown: the machine, the per-size table, concurrency and key exchange."""
     lines = [
@@ -111,40 +191,43 @@ def table(results: BenchResults) -> str:
         f"{results.machine['os']}; Python {results.machine['python']}, pycryptodome "
         f"{results.machine['pycryptodome']}, cryptography {results.machine['cryptography']}, "
         f"{results.machine['openssh']}. "
-        f"Load average (1, 5, 15 min) at start: {results.machine['load average at start']}. "
-        f"Median of {results.runs} runs per figure; MB = 10^6 bytes.",
+        f"Load average (1, 5, 15 min) at start: {results.machine['load average at start']}"
+        + (
+            f", at the end: {results.machine['load average at end']}"
+            if "load average at end" in results.machine
+            else ""
+        )
+        + f". Median of {results.runs} runs per figure; MB = 10^6 bytes.",
         "",
-        "Throughput (MB/s) and the server's peak RSS:",
+        *_headline(results),
+        "Throughput (MB/s), its ratio to scp in the same run, and CPU seconds per GiB "
+        "(user + system, median of the runs) of the client's side, the server's side and both:",
         "",
-        "| file | ours, Python client | ours, C++ client | ours, server alone | scp aes128-gcm "
-        "| server peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    ratios = [
-        "",
-        "Ratios ours / scp, measured in the same run:",
-        "",
-        "| file | Python client / scp | C++ client / scp | server alone / scp |",
-        "|---|---:|---:|---:|",
+        "| file | tool | MB/s | / scp | client CPU s/GiB | server CPU s/GiB | total CPU s/GiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for entry in results.sizes:
         label = size_label(entry.size)
         scp = entry.mb_per_s(entry.scp_seconds)
-        ours = [
-            entry.mb_per_s(seconds)
-            for seconds in (entry.python_seconds, entry.cpp_seconds, entry.pre_encrypted_seconds)
-        ]
-        cells = [_cell(value, ".1f") for value in (*ours, scp)]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry.server_peak_rss_kib / 1024:.1f} |")
-        cells = [_cell(_ratio(value, scp), ".2f") for value in ours]
-        ratios.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ratios
+        for tool, name in TOOLS:
+            speed = entry.mb_per_s(entry.seconds(tool))
+            if speed is None:
+                continue
+            ratio = _cell(_ratio(speed, scp), ".2f") if tool != "scp" else "1"
+            cpu = [_cell(entry.cpu_per_gib(tool, side), ".2f") for side in ("client", "server", "total")]
+            lines.append(f"| {label} | {name} | {speed:.1f} | {ratio} | " + " | ".join(cpu) + " |")
     lines += [
         "",
         "Server alone: the content encrypted beforehand (untimed) and sent with sendfile(), so the "
-        "client's CBC encryption is left out.",
+        "client's CBC encryption is left out. For scp the client's side is scp, its ssh and the "
+        "ssh master connection (which encrypts), the server's side sshd with its session and SFTP "
+        f"processes. CPU is n/a below {size_label(MIN_CPU_SIZE)}: a few 10 ms clock ticks of /proc.",
     ]
     if results.sizes:
+        lines += ["", "Server peak RSS (VmHWM, MiB) after all the transfers of each size:", ""]
+        lines += [
+            f"- {size_label(entry.size)}: {entry.server_peak_rss_kib / 1024:.1f}" for entry in results.sizes
+        ]
         start = max(entry.server_start_rss_kib for entry in results.sizes) / 1024
         lines += ["", f"Server peak RSS right after start, before any transfer: {start:.1f} MiB."]
     if results.concurrency is not None:

@@ -29,6 +29,7 @@ from bench.workloads import (
     CppSender,
     PreEncryptedSender,
     PythonSender,
+    Timing,
     concurrent_clients,
     find_cpp_client,
     key_exchange_seconds,
@@ -46,7 +47,7 @@ QUICK_RUNS = 3
 WARM_UP_LIMIT = 1024 * MIB  # sizes up to this get one untimed transfer per tool first
 # Tools whose failure leaves their column empty instead of stopping the benchmark: the C++
 # client is built and changed separately.
-OPTIONAL_TOOLS = frozenset({"c++"})
+OPTIONAL_TOOLS = frozenset({"cpp"})
 SIZE_PATTERN = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 
 
@@ -100,18 +101,18 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _attempt(name: str, timings: list[float], send: Callable[[], float], failed: set[str]) -> float | None:
+def _attempt(tool: str, result: SizeResult, send: Callable[[], Timing], failed: set[str]) -> Timing | None:
     """One timed transfer; an optional tool that fails is left out of this size, not fatal."""
-    if name in failed:
+    if tool in failed:
         return None
     try:
         return send()
     except BenchError as err:
-        if name not in OPTIONAL_TOOLS:
+        if tool not in OPTIONAL_TOOLS:
             raise
-        _say(f"  {name} failed and is left out: {err}")
-        failed.add(name)
-        timings.clear()
+        _say(f"  {tool} failed and is left out: {err}")
+        failed.add(tool)
+        result.clear(tool)
         return None
 
 
@@ -132,31 +133,32 @@ def _bench_size(
             result.server_start_rss_kib = server.peak_rss_kib()
             rsa_key = generate_rsa_key()
             python = PythonSender(server, rsa_key)
-            tools: list[tuple[str, list[float], Callable[[], float]]] = [
-                ("python", result.python_seconds, lambda: python.send(source))
-            ]
+            tools: list[tuple[str, Callable[[], Timing]]] = [("python", lambda: python.send(source))]
             pre = PreEncryptedSender(server, rsa_key, source, work / f"file-{label}.enc")
-            tools.append(("pre-encrypted", result.pre_encrypted_seconds, pre.send))
+            tools.append(("pre_encrypted", pre.send))
             if cpp_binary is not None:
                 cpp = CppSender(cpp_binary, work / f"cpp-{label}", server)
-                tools.append(("c++", result.cpp_seconds, lambda: cpp.send(source)))
+                tools.append(("cpp", lambda: cpp.send(source)))
             if scp is not None:
                 destination = work / "scp-copy.bin"
-                tools.append(("scp", result.scp_seconds, lambda: scp_send(scp, source, destination)))
+                tools.append(("scp", lambda: scp_send(scp, source, destination)))
             failed: set[str] = set()
             try:
                 if size <= WARM_UP_LIMIT:
-                    for name, timings, send in tools:
-                        _attempt(name, timings, send, failed)
+                    for tool, send in tools:
+                        _attempt(tool, result, send, failed)
                 for run in range(args.runs):
                     shift = run % len(tools)
-                    for name, timings, send in tools[shift:] + tools[:shift]:
+                    for tool, send in tools[shift:] + tools[:shift]:
                         os.sync()  # start each run with no dirty pages of the previous one
-                        seconds = _attempt(name, timings, send, failed)
-                        if seconds is not None:
-                            timings.append(seconds)
-                            speed = size / seconds / 1e6
-                            _say(f"  {size_label(size)} run {run + 1} {name}: {speed:.1f} MB/s")
+                        timing = _attempt(tool, result, send, failed)
+                        if timing is not None:
+                            result.record(tool, timing)
+                            _say(
+                                f"  {size_label(size)} run {run + 1} {tool}: "
+                                f"{size / timing.seconds / 1e6:.1f} MB/s, CPU client "
+                                f"{timing.client_cpu:.2f} s + server {timing.server_cpu:.2f} s"
+                            )
             finally:
                 python.close()
             result.server_peak_rss_kib = server.peak_rss_kib()
@@ -193,6 +195,8 @@ def run(args: argparse.Namespace) -> BenchResults:
                 results.key_exchange_seconds = key_exchange_seconds(server, args.key_exchanges, rsa_key)
     finally:
         remove_tree(work)
+    # Other work on the machine skews the figures: the load at the end says whether it came meanwhile.
+    results.machine["load average at end"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     return results
 
 

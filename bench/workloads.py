@@ -11,6 +11,11 @@ Throughput is file bytes per second of the transfer itself:
   server: tens of milliseconds that matter at 1 MiB and vanish at 1 GiB.
 Every transfer is checked: the checksum in the 2103 (then 1029), the C++
 client's exit status, the size of scp's copy.
+
+CPU seconds (user + system, bench/cpu.py) are read around the same span, on
+each side: the client (this process, or the program run and, for scp, the
+ssh master connection that encrypts) and the server (ours, or sshd with its
+session and SFTP processes).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
+from bench.cpu import children_cpu_seconds, own_cpu_seconds, process_cpu_seconds, tree_cpu_seconds
 from bench.processes import BenchError, OurServer, ScpTarget
 from client import FileTransferClient, encrypt_stream
 from protocol import (
@@ -57,6 +63,15 @@ def make_file(path: Path, size: int) -> None:
             remaining -= piece
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One timed transfer: its seconds, and the CPU seconds each side spent meanwhile."""
+
+    seconds: float
+    client_cpu: float
+    server_cpu: float
+
+
 def _unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -65,21 +80,33 @@ class PythonSender:
     """One client registered with its AES key, on an open connection; sends files on demand."""
 
     def __init__(self, server: OurServer, rsa_key: RSA.RsaKey) -> None:
+        self.server = server
         self.client = FileTransferClient(*server.address, timeout=TRANSFER_TIMEOUT)
         name = _unique_name("bench-py")
         if self.client.register(name) is None:
             raise BenchError(f"registration of {name} refused")
         self.client.send_public_key(name, rsa_key)
 
-    def send(self, path: Path) -> float:
-        """Seconds from the first byte of the 1028 to the 2103; then 1029 (not timed)."""
+    def send(self, path: Path) -> Timing:
+        """From the first byte of the 1028 to the 2103; then 1029 (not timed).
+
+        The client's CPU is this whole process's: nothing else runs in it meanwhile
+        (the concurrent clients' figures use only the seconds).
+        """
+        server_cpu = process_cpu_seconds(self.server.pid)
+        client_cpu = own_cpu_seconds()
         started = time.perf_counter()
         received, checksum = self.client.send_file(path, path.name)
         elapsed = time.perf_counter() - started
+        timing = Timing(
+            elapsed,
+            own_cpu_seconds() - client_cpu,
+            process_cpu_seconds(self.server.pid) - server_cpu,
+        )
         if received.cksum != checksum:
             raise BenchError(f"{path.name}: server checksum {received.cksum}, local {checksum}")
         self.client.crc_ok(path.name)
-        return elapsed
+        return timing
 
     def close(self) -> None:
         self.client.close()
@@ -105,8 +132,8 @@ class PreEncryptedSender:
         self.file_name = source.name
         self.checksum = _encrypt_file(source, encrypted, aes_key)
 
-    def send(self) -> float:
-        """Seconds from the first byte of the 1028 to the 2103, on a connection of its own."""
+    def send(self) -> Timing:
+        """From the first byte of the 1028 to the 2103, on a connection of its own."""
         content_size = self.encrypted.stat().st_size
         head = SendFileHead(content_size, self.file_name).pack()
         # The header's payload size covers the head and the content that follows it.
@@ -116,6 +143,8 @@ class PreEncryptedSender:
         request = header.pack() + head
         with socket.create_connection(self.server.address, timeout=TRANSFER_TIMEOUT) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the clients do
+            server_cpu = process_cpu_seconds(self.server.pid)
+            client_cpu = own_cpu_seconds()
             started = time.perf_counter()
             sock.sendall(request)
             with self.encrypted.open("rb") as content:
@@ -123,11 +152,16 @@ class PreEncryptedSender:
             response = ResponseHeader.unpack(_receive_exact(sock, RESPONSE_HEADER.size))
             payload = _receive_exact(sock, response.payload_size)
             elapsed = time.perf_counter() - started
+            timing = Timing(
+                elapsed,
+                own_cpu_seconds() - client_cpu,
+                process_cpu_seconds(self.server.pid) - server_cpu,
+            )
         if response.code != ResponseCode.FILE_RECEIVED:
             raise BenchError(f"pre-encrypted 1028 answered with {response.code}")
         if FileReceivedResponse.unpack(payload).cksum != self.checksum:
             raise BenchError("pre-encrypted 1028: the server's checksum differs")
-        return elapsed
+        return timing
 
 
 def _encrypt_file(source: Path, destination: Path, key: bytes) -> int:
@@ -160,11 +194,17 @@ class CppSender:
     server: OurServer
     name: str = field(default_factory=lambda: _unique_name("bench-cpp"))
 
-    def send(self, path: Path) -> float:
-        """Seconds of the 1028 as the server timed it (header read to 2103 sent)."""
+    def send(self, path: Path) -> Timing:
+        """Seconds of the 1028 as the server timed it (header read to 2103 sent).
+
+        CPU seconds: the whole client process, and the server's meanwhile; both
+        include the reconnect (RSA decryption of the AES key: well under 1 ms).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         host, port = self.server.address
         (self.folder / "transfer.info").write_text(f"{host}:{port}\n{self.name}\n{path}\n")
+        server_cpu = process_cpu_seconds(self.server.pid)
+        client_cpu = children_cpu_seconds()
         try:
             result = subprocess.run(
                 [str(self.binary)],
@@ -176,6 +216,8 @@ class CppSender:
             )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise BenchError(f"C++ client: {err}") from err
+        client_cpu = children_cpu_seconds() - client_cpu
+        server_cpu = process_cpu_seconds(self.server.pid) - server_cpu
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode("utf-8", "replace")
             raise BenchError(f"C++ client exited with {result.returncode}:\n{output}")
@@ -183,11 +225,18 @@ class CppSender:
         timings = self.server.send_file_ms(client_id)
         if not timings:
             raise BenchError("the server logged no 1028 of the C++ client")
-        return timings[-1] / 1000
+        return Timing(timings[-1] / 1000, client_cpu, server_cpu)
 
 
-def scp_send(target: ScpTarget, source: Path, destination: Path) -> float:
-    """Seconds of one `scp` over the master connection; the copy is checked and removed."""
+def scp_send(target: ScpTarget, source: Path, destination: Path) -> Timing:
+    """One `scp` over the master connection; the copy is checked and removed.
+
+    Client CPU: scp and its ssh (waited for), and the master connection's ssh,
+    which encrypts; server CPU: sshd and every process under it (the session
+    and its SFTP server, which decrypt and write).
+    """
+    server_cpu = tree_cpu_seconds(target.sshd_pid)
+    client_cpu = children_cpu_seconds() + process_cpu_seconds(target.master_pid)
     started = time.perf_counter()
     result = subprocess.run(
         target.scp_command(source, destination),
@@ -197,13 +246,15 @@ def scp_send(target: ScpTarget, source: Path, destination: Path) -> float:
         stdin=subprocess.DEVNULL,
     )
     elapsed = time.perf_counter() - started
+    client_cpu = children_cpu_seconds() + process_cpu_seconds(target.master_pid) - client_cpu
+    server_cpu = tree_cpu_seconds(target.sshd_pid) - server_cpu
     if result.returncode != 0:
         raise BenchError(f"scp exited with {result.returncode}: {result.stderr.decode(errors='replace')}")
     copied = destination.stat().st_size
     destination.unlink()
     if copied != source.stat().st_size:
         raise BenchError(f"scp copied {copied} bytes of {source.stat().st_size}")
-    return elapsed
+    return Timing(elapsed, client_cpu, server_cpu)
 
 
 @dataclass

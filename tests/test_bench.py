@@ -104,7 +104,8 @@ def test_scp_reference(tmp_path: Path) -> None:
         assert target is not None
         sshd = target.sshd_process
         assert sshd is not None
-        assert scp_send(target, source, tmp_path / "copy.bin") > 0
+        timing = scp_send(target, source, tmp_path / "copy.bin")
+        assert timing.seconds > 0 and timing.client_cpu > 0
         assert not (tmp_path / "copy.bin").exists()  # checked, then removed
     assert sshd.poll() is not None
     assert not (tmp_path / "ssh").exists()

@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         speed = args.size / statistics.median(t.seconds for t in runs) / 1e6
         client = statistics.median(t.client_cpu for t in runs) * GIB / args.size
         server = statistics.median(t.server_cpu for t in runs) * GIB / args.size
-        print(
-            f"  {'AB'[index]} {trees[index]}: {speed:.1f} MB/s, CPU s/GiB client {client:.2f} server {server:.2f}"
-        )
+        tree = trees[index]
+        print(f"  {'AB'[index]} {tree}: {speed:.1f} MB/s, CPU s/GiB client {client:.2f} server {server:.2f}")
     return 0
 
 

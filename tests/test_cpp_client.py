@@ -1,12 +1,18 @@
 """End to end: the C++ client in client/ against the server, run as a user runs it.
 
-The client is built with CMake twice per session: a plain (Release) build in build/client and
-an AddressSanitizer + UndefinedBehaviorSanitizer build in build/client-asan; every test runs
-against both. Each run is a subprocess in a temporary working folder holding transfer.info,
-and the results are read back from the server's database and storage (PROTOCOL.md §5).
+The client is built three times per session: a plain (Release) build in build/client, an
+AddressSanitizer + UndefinedBehaviorSanitizer build in build/client-asan, and a Windows build
+(client/build-windows.sh: mingw-w64, Crypto++ cross-built and cached) in build/client-windows,
+run under wine. Every test runs against each build, except the few that test something only
+POSIX has (file modes, signals, a pty). Each run is a subprocess in a temporary working folder
+whose name is Hebrew (PROTOCOL.md §7: students' folders often are not ASCII) holding
+transfer.info, and the results are read back from the server's database and storage (§5).
 
-Without g++, cmake, Crypto++ or Boost headers the tests are skipped, naming the packages;
-under CI (env CI set) they fail instead, since CI installs them.
+Without the toolchain the tests are skipped, naming the packages; under CI (env CI set) they
+fail instead, since test.sh installs them. Cost: the Windows build is cached (a few seconds
+when nothing changed; the first Crypto++ build is test.sh's), wine starts once per session
+(wineboot, ~10 s the first time), and each client.exe run costs about a second more than a
+native run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from Crypto.PublicKey import RSA
@@ -55,7 +61,15 @@ ProxyFactory = Callable[..., tuple[str, int]]
 
 CLIENT_SOURCE = REPO_ROOT / "client"
 BUILD_ROOT = REPO_ROOT / "build"
-REQUIRED_PACKAGES = "g++ cmake libcrypto++-dev libboost-dev"
+REQUIRED_PACKAGES = {
+    "linux": "g++ cmake libcrypto++-dev libboost-dev",
+    "windows": "g++-mingw-w64-x86-64-posix wine64 cmake make libboost-dev",
+}
+WINDOWS_BUILD_SCRIPT = CLIENT_SOURCE / "build-windows.sh"
+WINE_PREFIX = BUILD_ROOT / "wine-prefix"  # cached between runs, like the Crypto++ build
+WINE_ENV = {"WINEPREFIX": str(WINE_PREFIX), "WINEDEBUG": "-all"}  # -all: no wine chatter on stderr
+# Hebrew for "work, peace": the working folder of every run (§7), with a space in it too.
+WORK_DIR_NAME = "\u05e2\u05d1\u05d5\u05d3\u05d4 \u05e9\u05dc\u05d5\u05dd"
 BUILD_TIMEOUT = 900.0  # seconds for one configure + build on a 2-core machine
 CLIENT_TIMEOUT = 120.0  # seconds for one client run (a 5 MB file under ASan takes a few)
 SANITIZER_FLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer"
@@ -78,15 +92,30 @@ class ClientBuild:
     name: str
     build_dir: Path
     sanitized: bool
+    wine: str | None = None  # the wine64 loader for a Windows build run here
+
+    @property
+    def windows(self) -> bool:
+        return self.wine is not None or os.name == "nt"
 
     @property
     def executable(self) -> Path:
-        return self.build_dir / ("client.exe" if os.name == "nt" else "client")
+        return self.build_dir / ("client.exe" if self.windows else "client")
+
+    def command(self, program: str = "client", *args: str) -> list[str]:
+        path = str(self.build_dir / (f"{program}.exe" if self.windows else program))
+        return ([self.wine] if self.wine else []) + [path, *args]
+
+    def host_path(self, path: Path) -> str:
+        """`path` as the client spells it: under wine, the Unix root is drive Z:."""
+        return "Z:" + str(path).replace("/", "\\") if self.wine else str(path)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.sanitized:
             env.update(SANITIZER_ENV)
+        if self.wine:
+            env.update(WINE_ENV)
         return env
 
     def assert_no_sanitizer_report(self, stderr: str) -> None:
@@ -102,17 +131,59 @@ class ClientRun:
     stderr: str
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str, platform: str) -> None:
     """Skip on a developer's machine without the toolchain; fail under CI, which has it."""
-    message = f"{reason}; install: apt-get install -y {REQUIRED_PACKAGES}"
+    message = f"{reason}; install: apt-get install -y {REQUIRED_PACKAGES[platform]}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
 
 
+def _wine64() -> str | None:
+    """Debian's wine64 package puts its loader outside PATH; the wine package adds `wine64`."""
+    found = shutil.which("wine64")
+    if found:
+        return found
+    return "/usr/lib/wine/wine64" if Path("/usr/lib/wine/wine64").is_file() else None
+
+
+def _build_windows() -> ClientBuild | str:
+    """client/build-windows.sh (seconds when cached), then one wineboot for the session."""
+    if shutil.which("x86_64-w64-mingw32-g++-posix") is None:
+        return "x86_64-w64-mingw32-g++-posix not found"
+    wine = _wine64()
+    if wine is None:
+        return "wine64 not found"
+    built = subprocess.run(
+        ["bash", str(WINDOWS_BUILD_SCRIPT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert built.returncode == 0, f"build-windows.sh failed:\n{(built.stdout + built.stderr)[-4000:]}"
+    build = ClientBuild("windows", BUILD_ROOT / "client-windows", sanitized=False, wine=wine)
+    assert build.executable.is_file()
+    # Creates (or updates) the prefix and returns when it is ready, so that no test pays for it.
+    booted = subprocess.run(
+        [wine, "wineboot", "--init"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        env=build.env(),
+    )
+    assert booted.returncode == 0, f"wineboot failed:\n{booted.stdout + booted.stderr}"
+    return build
+
+
 @functools.cache
 def _build(name: str) -> ClientBuild | str:
     """Configures and builds one variant once per session; a string says why it could not."""
+    if name == "windows":
+        return _build_windows()
     for tool in ("cmake", "ctest"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
@@ -153,13 +224,23 @@ def _build(name: str) -> ClientBuild | str:
     return build
 
 
-@pytest.fixture(scope="session", params=["release", "asan"])
-def cpp_client(request: pytest.FixtureRequest) -> ClientBuild:
-    result = _build(request.param)
+def _client_build(name: str) -> ClientBuild:
+    result = _build(name)
     if isinstance(result, str):
-        _unavailable(result)
+        _unavailable(result, "windows" if name == "windows" else "linux")
     assert isinstance(result, ClientBuild)
     return result
+
+
+@pytest.fixture(scope="session", params=["release", "asan", "windows"])
+def cpp_client(request: pytest.FixtureRequest) -> ClientBuild:
+    return _client_build(request.param)
+
+
+@pytest.fixture(scope="session", params=["release", "asan"])
+def posix_client(request: pytest.FixtureRequest) -> ClientBuild:
+    """The builds that run natively here: for what only POSIX has (modes, signals, a pty)."""
+    return _client_build(request.param)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -180,8 +261,8 @@ def run_program(command: list[str], work_dir: Path, env: dict[str, str] | None =
     return ClientRun(completed.returncode, completed.stdout, completed.stderr)
 
 
-def run_client(build: ClientBuild, work_dir: Path) -> ClientRun:
-    run = run_program([str(build.executable)], work_dir, build.env())
+def run_client(build: ClientBuild, work_dir: Path, *args: str) -> ClientRun:
+    run = run_program(build.command("client", *args), work_dir, build.env())
     build.assert_no_sanitizer_report(run.stderr)
     return run
 
@@ -189,8 +270,11 @@ def run_client(build: ClientBuild, work_dir: Path) -> ClientRun:
 def make_work_dir(
     tmp_path: Path, address: tuple[str, int], name: str, file_path: str, content: bytes | None = b""
 ) -> Path:
-    """A working folder with transfer.info and, unless content is None, the file to send."""
-    work_dir = tmp_path / "work"
+    """A working folder with transfer.info and, unless content is None, the file to send.
+
+    Its name is not ASCII (WORK_DIR_NAME), as many students' folders are not (§7).
+    """
+    work_dir = tmp_path / WORK_DIR_NAME
     work_dir.mkdir(exist_ok=True)
     host, port = address
     (work_dir / "transfer.info").write_text(f"{host}:{port}\n{name}\n{file_path}\n", newline="\n")
@@ -251,14 +335,31 @@ def register_and_send(
     run = run_client(build, work_dir)
     assert run.returncode == 0, run.stderr
     me = read_me_info(work_dir)
-    assert_stored(server, me.client_id, file_path, content)
+    # §6: the name sent (and recorded as FileName) is the base name of line 3.
+    assert_stored(server, me.client_id, PurePosixPath(file_path).name, content)
     return me
 
 
 # --- unit tests through ctest ----------------------------------------------------------------
 
 
-def test_unit_tests_pass_under_ctest(cpp_client: ClientBuild) -> None:
+def test_unit_tests_pass(cpp_client: ClientBuild) -> None:
+    """Through ctest natively; the Windows build's client_tests.exe directly under wine."""
+    if cpp_client.wine:
+        completed = subprocess.run(
+            cpp_client.command("client_tests"),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            env=cpp_client.env(),
+        )
+        output = completed.stdout + completed.stderr
+        assert completed.returncode == 0, output
+        assert re.search(r"^\d+ checks, 0 failed$", output, re.MULTILINE), output
+        assert "FAIL" not in output, output
+        return
     completed = subprocess.run(
         ["ctest", "--test-dir", str(cpp_client.build_dir), "--output-on-failure"],
         check=False,
@@ -412,7 +513,17 @@ def test_missing_transfer_info(cpp_client: ClientBuild, tmp_path: Path) -> None:
         pytest.param("127.0.0.1\nbob\na.bin\n", "transfer.info line 1", id="no-port"),
         pytest.param("127.0.0.1:70000\nbob\na.bin\n", "transfer.info line 1", id="port-out-of-range"),
         pytest.param("127.0.0.1:1234\n" + "n" * 101 + "\na.bin\n", "transfer.info line 2", id="long-name"),
-        pytest.param("127.0.0.1:1234\nbob\n", "expected 3 lines", id="two-lines"),
+        pytest.param(
+            "127.0.0.1:1234\nbob\n",
+            "Fatal: transfer.info has 2 lines; expected 3 (host:port, name, file path)\n",
+            id="two-lines",
+        ),
+        # Counted as Python's str.splitlines() counts (one empty line is a line), as client.py.
+        pytest.param(
+            "\n",
+            "Fatal: transfer.info has 1 lines; expected 3 (host:port, name, file path)\n",
+            id="one-empty-line",
+        ),
         pytest.param("127.0.0.1:1234\nbob\nmissing.bin\n", "missing.bin", id="missing-file"),
     ],
 )
@@ -600,7 +711,7 @@ def test_registration_refused_stops_at_once(
     assert run.returncode != 0
     assert "Fatal: registration failed (2101)" in run.stderr
     assert server.codes == [REGISTER]
-    assert not (tmp_path / "work" / "me.info").exists()
+    assert not (tmp_path / WORK_DIR_NAME / "me.info").exists()
 
 
 @pytest.mark.parametrize(
@@ -662,16 +773,38 @@ def test_checksum_mismatch_sequence(
     assert server.codes == [REGISTER, PUBLIC_KEY] + [SEND_FILE, CRC_RETRY] * 3 + [SEND_FILE, CRC_ABORT]
 
 
-@pytest.mark.slow
 def test_silent_server_times_out(
     cpp_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
 ) -> None:
+    """--timeout SECONDS bounds the wait for each answer; the words are the Python client's."""
     server = fake_server({(REGISTER, 1): lambda _: b""})
+    host, port = server.address
     started = time.monotonic()
-    run = run_against(cpp_client, server, tmp_path)
-    assert run.returncode != 0
-    assert "Fatal: waiting for the server's response: no answer" in run.stderr
+    run = run_client(
+        cpp_client, make_work_dir(tmp_path, server.address, "scripted", "f.bin", b"x"), "--timeout", "1.5"
+    )
+    assert run.returncode == 1
+    assert run.stderr == f"Fatal: no answer from {host}:{port} within 1.5 s\n"
     assert time.monotonic() - started < CLIENT_TIMEOUT
+
+
+@pytest.mark.slow
+def test_default_timeout_is_30_seconds(fake_server: Callable[..., FakeServer], tmp_path: Path) -> None:
+    """One build is enough: the default is a constant, and waiting costs 30 s."""
+    server = fake_server({(REGISTER, 1): lambda _: b""})
+    host, port = server.address
+    started = time.monotonic()
+    run = run_against(_client_build("release"), server, tmp_path)
+    assert run.returncode == 1
+    assert run.stderr == f"Fatal: no answer from {host}:{port} within 30 s\n"
+    assert 30 <= time.monotonic() - started < CLIENT_TIMEOUT
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "86401"])
+def test_bad_timeout_is_refused(cpp_client: ClientBuild, tmp_path: Path, value: str) -> None:
+    run = run_client(cpp_client, tmp_path, "--timeout", value)
+    assert run.returncode == 2
+    assert f"--timeout wants a number of seconds greater than 0 (at most 86400), not '{value}'" in run.stderr
 
 
 # --- the two clients share a working folder ---------------------------------------------------

@@ -10,6 +10,7 @@
 #include "client.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -70,6 +71,51 @@ struct FileAttempt {
     std::uint32_t server_cksum = 0;
 };
 
+std::atomic<bool> g_progress_shown{false};
+
+// The progress line of a large file on a terminal, "big.bin: 42% (430 of 1024 MiB)", rewritten
+// in place when the percentage changes and erased when the attempt ends, however it ends.
+class ProgressLine {
+public:
+    ProgressLine(std::ostream& err, const std::string& name, std::uint64_t total, bool enabled)
+        : err_(err), name_(name), total_(total), enabled_(enabled && total >= kProgressMinSize) {}
+    ProgressLine(const ProgressLine&) = delete;
+    ProgressLine& operator=(const ProgressLine&) = delete;
+    ~ProgressLine() {
+        if (width_ > 0) {
+            err_ << '\r' << std::string(width_, ' ') << '\r' << std::flush;
+            g_progress_shown = false;
+        }
+    }
+
+    void advance(std::uint64_t bytes) {
+        done_ += bytes;
+        if (!enabled_) {
+            return;
+        }
+        const auto percent = static_cast<int>(done_ * 100 / total_);
+        if (percent == percent_) {
+            return;
+        }
+        percent_ = percent;
+        constexpr std::uint64_t mib = 1024 * 1024;
+        const std::string line = name_ + ": " + std::to_string(percent) + "% (" + std::to_string(done_ / mib) +
+                                 " of " + std::to_string((total_ + mib - 1) / mib) + " MiB)";
+        err_ << '\r' << line << std::string(width_ > line.size() ? width_ - line.size() : 0, ' ') << std::flush;
+        width_ = std::max(width_, line.size());
+        g_progress_shown = true;
+    }
+
+private:
+    std::ostream& err_;
+    std::string name_;
+    std::uint64_t total_;
+    bool enabled_;
+    std::uint64_t done_ = 0;
+    int percent_ = -1;
+    std::size_t width_ = 0;
+};
+
 class Session {
 public:
     Session(info::TransferInfo transfer, fs::path work_dir, std::ostream& out, std::ostream& err,
@@ -85,20 +131,22 @@ public:
 private:
     // ---- the file ------------------------------------------------------------------------
 
-    fs::path file_path() const { return work_dir_ / fs::path(transfer_.file_path); }
+    // Line 3 relative to the working folder (an absolute line 3 stays as it is).
+    fs::path file_path() const { return work_dir_ / transfer_.file_path; }
 
     // Fails early, before anything is sent, for a file that cannot be sent at all.
     void check_file() {
         const fs::path path = file_path();
-        const std::uintmax_t size = info::regular_file_size(path, "the file to send '" + transfer_.file_path + "'");
+        const std::uintmax_t size =
+            info::regular_file_size(path, "the file to send '" + transfer_.file_path_text + "'");
         if (size > proto::kMaxPlainFileSize) {
-            throw FatalError("'" + transfer_.file_path + "' is " + std::to_string(size) +
+            throw FatalError("'" + transfer_.file_path_text + "' is " + std::to_string(size) +
                              " bytes; the protocol's 32-bit sizes allow at most " +
                              std::to_string(proto::kMaxPlainFileSize) + " bytes (about 4 GiB)");
         }
         std::ifstream probe(path, std::ios::binary);
         if (!probe) {
-            throw FatalError("cannot open the file to send '" + transfer_.file_path + "' for reading");
+            throw FatalError("cannot open the file to send '" + transfer_.file_path_text + "' for reading");
         }
         file_size_ = static_cast<std::uint64_t>(size);
     }
@@ -271,7 +319,7 @@ private:
     // ---- steps 2 and 3: send, compare, confirm or resend -------------------------------------
 
     int send_file() {
-        out_ << "Sending " << transfer_.file_path << " (" << file_size_ << " bytes)\n";
+        out_ << "Sending " << transfer_.file_name << " (" << file_size_ << " bytes)\n";
         for (int attempt = 1; attempt <= kMaxFileAttempts; ++attempt) {
             const FileAttempt result = with_retries("sending the file (1028)", [&] { return send_file_once(); });
             if (result.server_cksum == result.local_cksum) {
@@ -283,7 +331,7 @@ private:
                  << result.server_cksum << ", ours is " << result.local_cksum << "\n";
             if (attempt < kMaxFileAttempts) {
                 // Section 2: 1030 has no response; the next request is the resent 1028.
-                send(proto::encode_name_request(identity_.id, RequestCode::CrcFailedResending, transfer_.file_path));
+                send(proto::encode_name_request(identity_.id, RequestCode::CrcFailedResending, transfer_.file_name));
             }
         }
         with_retries("cancelling the transfer (1031)", [&] { acknowledge(RequestCode::CrcFailedGivingUp, "1031"); });
@@ -298,20 +346,21 @@ private:
         const auto content_size = static_cast<std::uint32_t>(proto::encrypted_size(file_size_));
         std::ifstream in(file_path(), std::ios::binary);
         if (!in) {
-            throw FatalError("cannot open the file to send '" + transfer_.file_path + "' for reading");
+            throw FatalError("cannot open the file to send '" + transfer_.file_path_text + "' for reading");
         }
-        Bytes message = proto::encode_send_file_prefix(identity_.id, content_size, transfer_.file_path);
+        Bytes message = proto::encode_send_file_prefix(identity_.id, content_size, transfer_.file_name);
         message.reserve(message.size() + options_.chunk_size + proto::kAesBlockSize);
         std::vector<char> chunk(options_.chunk_size);
         Cksum sum;
         crypto::AesCbcEncryptor encryptor(aes_key_);
+        ProgressLine progress(err_, transfer_.file_name, file_size_, options_.show_progress);
         std::uint64_t remaining = file_size_;
         do {
             const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, chunk.size()));
             in.read(chunk.data(), static_cast<std::streamsize>(want));
             if (static_cast<std::size_t>(in.gcount()) != want) {
                 // Part of the request is already on the wire: this connection is lost anyway.
-                throw FatalError("reading '" + transfer_.file_path + "' failed (did the file shrink while it was sent?)");
+                throw FatalError("reading '" + transfer_.file_path_text + "' failed (did the file shrink while it was sent?)");
             }
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(chunk.data());
             sum.update(bytes, want);
@@ -322,6 +371,7 @@ private:
             }
             send(message);
             message.clear();
+            progress.advance(want);
         } while (remaining > 0);
 
         const Response response = read_response();
@@ -335,9 +385,9 @@ private:
                                           " bytes received, we sent " + std::to_string(content_size),
                                       false);
         }
-        if (received.file_name != transfer_.file_path) {
+        if (received.file_name != transfer_.file_name) {
             throw ServerErrorResponse("2103 names the file '" + received.file_name + "', we sent '" +
-                                          transfer_.file_path + "'",
+                                          transfer_.file_name + "'",
                                       false);
         }
         return FileAttempt{sum.value(), received.cksum};
@@ -353,7 +403,7 @@ private:
 
     // 1029 / 1031 -> 2104.
     void acknowledge(RequestCode code, const char* request) {
-        const Response response = exchange(proto::encode_name_request(identity_.id, code, transfer_.file_path));
+        const Response response = exchange(proto::encode_name_request(identity_.id, code, transfer_.file_name));
         if (response.code != static_cast<std::uint16_t>(ResponseCode::Acknowledged)) {
             unexpected(response, request);
         }
@@ -372,6 +422,8 @@ private:
 };
 
 }  // namespace
+
+bool progress_line_shown() noexcept { return g_progress_shown; }
 
 int run(const fs::path& work_dir, std::ostream& out, std::ostream& err, const Options& options) {
     try {

@@ -14,6 +14,17 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 using boost::system::error_code;
 
+std::string seconds_text(std::chrono::milliseconds duration) {
+    const auto ms = duration.count();
+    std::string text = std::to_string(ms / 1000);
+    if (ms % 1000 != 0) {
+        std::string fraction = std::to_string(1000 + ms % 1000).substr(1);  // 3 digits
+        fraction.erase(fraction.find_last_not_of('0') + 1);
+        text += "." + fraction;
+    }
+    return text;
+}
+
 struct Connection::Impl {
     asio::io_context io;
     tcp::socket socket{io};
@@ -41,9 +52,9 @@ struct Connection::Impl {
         throw NetworkError(what + ": " + error.message());
     }
 
-    [[noreturn]] void fail_timeout(const std::string& what) const {
-        throw NetworkError(what + ": no answer from " + peer + " within " +
-                           std::to_string(timeout.count() / 1000) + " s");
+    // The same words as the Python client's (one timeout, one message, whatever was waited for).
+    [[noreturn]] void fail_timeout() const {
+        throw NetworkError("no answer from " + peer + " within " + seconds_text(timeout) + " s");
     }
 };
 
@@ -62,7 +73,7 @@ Connection::Connection(const std::string& host, std::uint16_t port, std::chrono:
                                endpoints = std::move(results);
                            });
     if (!s.run_with_deadline([&] { resolver.cancel(); })) {
-        s.fail_timeout("cannot resolve " + host);
+        s.fail_timeout();
     }
     if (resolve_error) {
         s.fail("cannot resolve " + host, resolve_error);
@@ -72,7 +83,7 @@ Connection::Connection(const std::string& host, std::uint16_t port, std::chrono:
     asio::async_connect(s.socket, endpoints,
                         [&](const error_code& error, const tcp::endpoint&) { connect_error = error; });
     if (!s.run_with_deadline([&] { s.socket.close(); })) {
-        s.fail_timeout("cannot connect to " + s.peer);
+        s.fail_timeout();
     }
     if (connect_error) {
         s.fail("cannot connect to the server at " + s.peer, connect_error);
@@ -91,7 +102,7 @@ void Connection::write_all(const std::uint8_t* data, std::size_t size) {
     asio::async_write(s.socket, asio::buffer(data, size),
                       [&](const error_code& error, std::size_t) { write_error = error; });
     if (!s.run_with_deadline([&] { s.socket.close(); })) {
-        s.fail_timeout("sending to the server");
+        s.fail_timeout();
     }
     if (write_error) {
         s.fail("sending to the server", write_error);
@@ -104,7 +115,7 @@ void Connection::read_exact(std::uint8_t* data, std::size_t size) {
     asio::async_read(s.socket, asio::buffer(data, size),
                      [&](const error_code& error, std::size_t) { read_error = error; });
     if (!s.run_with_deadline([&] { s.socket.close(); })) {
-        s.fail_timeout("waiting for the server's response");
+        s.fail_timeout();
     }
     if (read_error) {
         s.fail("reading the server's response", read_error);

@@ -20,9 +20,14 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// "30", "0.5", "1.25": seconds as the timeout message gives them.
+std::string seconds_text(std::chrono::milliseconds duration);
+
 class Connection {
 public:
-    // Resolves and connects; throws NetworkError (e.g. "connection refused").
+    // Resolves and connects; throws NetworkError (e.g. "connection refused"). Every operation
+    // below must finish within `timeout`, or NetworkError says
+    // "no answer from HOST:PORT within N s".
     Connection(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout);
     ~Connection();
     Connection(const Connection&) = delete;

@@ -2,35 +2,91 @@
 #include "info_files.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <system_error>
 #include <vector>
+
+#include "paths.hpp"
 
 namespace info {
 
 namespace {
 
-// Splits into lines on '\n', dropping one '\r' before each '\n' (CRLF files), and drops the
-// empty lines at the end (a final newline, or blank lines after the content).
-std::vector<std::string> split_lines(const std::string& text) {
-    std::vector<std::string> lines;
-    std::size_t start = 0;
-    while (start <= text.size()) {
-        std::size_t end = text.find('\n', start);
-        if (end == std::string::npos) {
-            end = text.size();
-        }
-        std::string line = text.substr(start, end - start);
-        if (!line.empty() && line.back() == '\r') {
-            line.pop_back();
-        }
-        lines.push_back(std::move(line));
-        start = end + 1;
+// The length of the line break at text[at], 0 if there is none (str.splitlines()'s set).
+std::size_t line_break_length(const std::string& text, std::size_t at) {
+    const auto byte = [&](std::size_t i) { return i < text.size() ? static_cast<unsigned char>(text[i]) : 0u; };
+    switch (byte(at)) {
+        case '\r':
+            return byte(at + 1) == '\n' ? 2 : 1;
+        case '\n':
+        case '\v':
+        case '\f':
+        case 0x1C:
+        case 0x1D:
+        case 0x1E:
+            return 1;
+        case 0xC2:  // U+0085 (NEXT LINE)
+            return byte(at + 1) == 0x85 ? 2 : 0;
+        case 0xE2:  // U+2028 (LINE SEPARATOR), U+2029 (PARAGRAPH SEPARATOR)
+            return byte(at + 1) == 0x80 && (byte(at + 2) == 0xA8 || byte(at + 2) == 0xA9) ? 3 : 0;
+        default:
+            return 0;
     }
+}
+
+// Drops the empty lines at the end (a final newline, or blank lines after the content).
+std::vector<std::string> without_trailing_empty_lines(std::vector<std::string> lines) {
     while (!lines.empty() && lines.back().empty()) {
         lines.pop_back();
     }
     return lines;
+}
+
+bool is_blank(const std::string& line) { return line.find_first_not_of(" \t") == std::string::npos; }
+
+// Well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF) without control
+// characters: what a path on line 3 may hold.
+bool is_utf8_text(const std::string& text) {
+    std::size_t i = 0;
+    while (i < text.size()) {
+        const auto lead = static_cast<unsigned char>(text[i]);
+        if (lead < 0x80) {
+            if (lead < 0x20 || lead == 0x7F) {
+                return false;
+            }
+            ++i;
+            continue;
+        }
+        std::size_t length = 0;
+        std::uint32_t code = 0;
+        if (lead >= 0xC2 && lead <= 0xDF) {
+            length = 2, code = lead & 0x1Fu;
+        } else if (lead >= 0xE0 && lead <= 0xEF) {
+            length = 3, code = lead & 0x0Fu;
+        } else if (lead >= 0xF0 && lead <= 0xF4) {
+            length = 4, code = lead & 0x07u;
+        } else {
+            return false;
+        }
+        if (i + length > text.size()) {
+            return false;
+        }
+        for (std::size_t k = 1; k < length; ++k) {
+            const auto next = static_cast<unsigned char>(text[i + k]);
+            if ((next & 0xC0u) != 0x80u) {
+                return false;
+            }
+            code = (code << 6) | (next & 0x3Fu);
+        }
+        const std::uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (code < smallest[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF) ||
+            (code >= 0x80 && code < 0xA0)) {  // C1 control characters
+            return false;
+        }
+        i += length;
+    }
+    return true;
 }
 
 std::string trim_blanks(const std::string& text) {
@@ -69,14 +125,31 @@ bool is_printable_ascii(const std::string& text) {
     return std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c <= 0x7E; });
 }
 
-TransferInfo parse_transfer_info(const std::string& text) {
-    const std::vector<std::string> lines = split_lines(text);
-    if (lines.size() < 3) {
-        throw InfoFileError(std::string(kTransferInfoName) + ": expected 3 lines (host:port, name, file path), found " +
-                            std::to_string(lines.size()));
+std::vector<std::string> split_lines(const std::string& text) {
+    std::vector<std::string> lines;
+    std::size_t start = 0;
+    for (std::size_t at = 0; at < text.size();) {
+        const std::size_t length = line_break_length(text, at);
+        if (length == 0) {
+            ++at;
+            continue;
+        }
+        lines.push_back(text.substr(start, at - start));
+        at += length;
+        start = at;
     }
-    if (lines.size() > 3) {
-        fail(kTransferInfoName, 4, "unexpected extra line (the file has exactly 3 lines)");
+    if (start < text.size()) {
+        lines.push_back(text.substr(start));
+    }
+    return lines;
+}
+
+TransferInfo parse_transfer_info(const std::string& text) {
+    constexpr const char* kBom = "\xEF\xBB\xBF";  // Notepad's UTF-8 files may start with one
+    const std::vector<std::string> lines = split_lines(text.rfind(kBom, 0) == 0 ? text.substr(3) : text);
+    if (lines.size() < 3 || !std::all_of(lines.begin() + 3, lines.end(), is_blank)) {
+        throw InfoFileError(std::string(kTransferInfoName) + " has " + std::to_string(lines.size()) +
+                            " lines; expected 3 (host:port, name, file path)");
     }
     TransferInfo parsed;
 
@@ -107,22 +180,35 @@ TransferInfo parse_transfer_info(const std::string& text) {
         fail(kTransferInfoName, 2, "the client name must be printable ASCII");
     }
 
-    parsed.file_path = lines[2];
-    if (parsed.file_path.empty()) {
+    parsed.file_path_text = lines[2];
+    if (parsed.file_path_text.empty()) {
         fail(kTransferInfoName, 3, "the file path is empty");
     }
-    if (parsed.file_path.size() > proto::kMaxNameFieldText) {
-        fail(kTransferInfoName, 3, "the file path has " + std::to_string(parsed.file_path.size()) +
+    if (!is_utf8_text(parsed.file_path_text)) {
+        fail(kTransferInfoName, 3, "the file path must be UTF-8 text without control characters");
+    }
+    const auto separator = parsed.file_path_text.find_last_of("/\\");
+    parsed.file_name =
+        separator == std::string::npos ? parsed.file_path_text : parsed.file_path_text.substr(separator + 1);
+    if (parsed.file_name.empty() || parsed.file_name == "." || parsed.file_name == "..") {
+        fail(kTransferInfoName, 3, "'" + parsed.file_path_text + "' names a folder, not a file");
+    }
+    if (parsed.file_name.size() > proto::kMaxNameFieldText) {
+        fail(kTransferInfoName, 3, "the file name has " + std::to_string(parsed.file_name.size()) +
                                        " bytes; the protocol's file name field holds at most 254");
     }
-    if (!is_printable_ascii(parsed.file_path)) {
-        fail(kTransferInfoName, 3, "the file path must be printable ASCII (the protocol's text fields are ASCII)");
+    if (!is_printable_ascii(parsed.file_name)) {
+        fail(kTransferInfoName, 3, "the file name '" + parsed.file_name +
+                                       "' must be printable ASCII (the protocol's text fields are ASCII; "
+                                       "the folders around it may have any name)");
     }
+    parsed.file_path = paths::from_utf8(parsed.file_path_text);
     return parsed;
 }
 
 MeInfo parse_me_info(const std::string& text) {
-    const std::vector<std::string> lines = split_lines(text);
+    // CRLF files leave no '\r' behind; a final newline or blank lines at the end are not lines.
+    const std::vector<std::string> lines = without_trailing_empty_lines(split_lines(text));
     if (lines.size() < 3) {
         throw InfoFileError(std::string(kMeInfoName) +
                             ": expected a name, a hex UUID and a Base64 private key (3 or more lines), found " +
@@ -181,43 +267,54 @@ std::uintmax_t regular_file_size(const std::filesystem::path& path, const std::s
 }
 
 std::string read_small_file(const std::filesystem::path& path, std::uintmax_t max_size) {
-    const std::uintmax_t size = regular_file_size(path, path.string());
+    const std::uintmax_t size = regular_file_size(path, paths::to_utf8(path));
     if (size > max_size) {
-        throw InfoFileError(path.string() + ": " + std::to_string(size) + " bytes, larger than the " +
+        throw InfoFileError(paths::to_utf8(path) + ": " + std::to_string(size) + " bytes, larger than the " +
                             std::to_string(max_size) + " such a file can have");
     }
     std::ifstream in(path, std::ios::binary);
     if (!in) {
-        throw InfoFileError(path.string() + ": cannot open for reading");
+        throw InfoFileError(paths::to_utf8(path) + ": cannot open for reading");
     }
     std::string text(static_cast<std::size_t>(size), '\0');
     in.read(text.data(), static_cast<std::streamsize>(text.size()));
     if (in.gcount() != static_cast<std::streamsize>(text.size())) {
-        throw InfoFileError(path.string() + ": read failed");
+        throw InfoFileError(paths::to_utf8(path) + ": read failed");
     }
     return text;
 }
 
 void write_file_replacing(const std::filesystem::path& path, const std::string& content) {
-    std::filesystem::path temporary = path;
+    namespace fs = std::filesystem;
+    fs::path temporary = path;
     temporary += ".tmp";
+    std::error_code error;
+    // A leftover of a crash, or a link someone put there: removed, never written through.
+    fs::remove(temporary, error);
     {
         std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
         if (!out) {
-            throw InfoFileError(temporary.string() + ": cannot open for writing");
+            throw InfoFileError(paths::to_utf8(temporary) + ": cannot open for writing");
+        }
+        // Owner only (0600 on POSIX), set while the file is still empty, whatever the umask.
+        // On Windows this call only clears the read-only attribute: the file inherits the
+        // folder's access list, which under the user's profile already keeps other users out
+        // (client/README.md, "Private key files").
+        fs::permissions(temporary, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace, error);
+        if (error) {
+            throw InfoFileError(paths::to_utf8(temporary) + ": cannot restrict to the owner: " + error.message());
         }
         out.write(content.data(), static_cast<std::streamsize>(content.size()));
         out.flush();
         if (!out) {
-            throw InfoFileError(temporary.string() + ": write failed");
+            throw InfoFileError(paths::to_utf8(temporary) + ": write failed");
         }
     }
-    std::error_code error;
-    std::filesystem::rename(temporary, path, error);
+    fs::rename(temporary, path, error);
     if (error) {
         std::error_code ignored;  // the rename's error is the one worth reporting
-        std::filesystem::remove(temporary, ignored);
-        throw InfoFileError(path.string() + ": cannot replace: " + error.message());
+        fs::remove(temporary, ignored);
+        throw InfoFileError(paths::to_utf8(path) + ": cannot replace: " + error.message());
     }
 }
 

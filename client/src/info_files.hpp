@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "protocol.hpp"
 
@@ -34,13 +35,26 @@ struct TransferInfo {
     std::string host;
     std::uint16_t port = 0;
     std::string client_name;
-    std::string file_path;  // as given on line 3; also the file name sent in 1028
+    std::filesystem::path file_path;  // line 3, relative to the working folder or absolute
+    std::string file_path_text;       // line 3 as written (UTF-8), for messages
+    // What 1028 carries (PROTOCOL.md section 6): the last component of line 3, after its last
+    // '/' or a backslash on every system, so that the server never learns the sender's folders
+    // and "sub/a.bin" means the same file as "sub\a.bin".
+    std::string file_name;
 };
 
 // Line 1 host:port (port 1..65535; an IPv6 host in brackets), line 2 the name (1..100
-// printable ASCII characters), line 3 the file path (1..254 printable ASCII characters).
-// CRLF and a missing final newline are accepted; trailing empty lines are ignored.
+// printable ASCII characters), line 3 the file path: UTF-8 (the folders may have any name),
+// whose last component, the name sent, is 1..254 printable ASCII characters (section 1).
+// Lines are counted as Python's str.splitlines() counts them, as the Python client does; CRLF,
+// a UTF-8 byte order mark and a missing final newline are accepted, and blank lines after
+// line 3 are ignored.
 TransferInfo parse_transfer_info(const std::string& text);
+
+// The lines of `text` as Python's str.splitlines() makes them: split at \n, \r\n, \r, \v, \f,
+// \x1c, \x1d, \x1e and the UTF-8 of U+0085, U+2028 and U+2029, with no empty line after a
+// final line break ("\n" is one empty line, "" none).
+std::vector<std::string> split_lines(const std::string& text);
 
 struct MeInfo {
     std::string client_name;
@@ -66,7 +80,9 @@ std::uintmax_t regular_file_size(const std::filesystem::path& path, const std::s
 // unreadable or larger than max_size.
 std::string read_small_file(const std::filesystem::path& path, std::uintmax_t max_size = kMaxInfoFileSize);
 // Writes `content` to a temporary file beside `path`, then renames it over `path`, so a
-// crash never leaves a half-written file. Throws InfoFileError on failure.
+// crash never leaves a half-written file. Both files written so (me.info, priv.key) hold the
+// private key, so the file is readable and writable by its owner only (0600 on POSIX).
+// Throws InfoFileError on failure.
 void write_file_replacing(const std::filesystem::path& path, const std::string& content);
 
 }  // namespace info

@@ -1,9 +1,12 @@
 // Unit tests of the client's pure logic: golden vectors typed from PROTOCOL.md, checked
 // against our encoders and decoders in both directions. No framework: CHECK records a failure
-// and the run goes on; the exit status is the number of failures (capped).
+// and the run goes on; the exit status is the number of failed checks, capped at
+// kMaxExitStatus.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <string>
@@ -16,14 +19,19 @@
 #include <cryptopp/rsa.h>
 
 #include "cksum.hpp"
+#include "connection.hpp"
 #include "crypto.hpp"
 #include "info_files.hpp"
+#include "paths.hpp"
 #include "protocol.hpp"
 
 namespace {
 
 int g_failures = 0;
 int g_checks = 0;
+
+// Exit statuses above 125 mean "not run" or "killed by a signal" to shells; 100 is plenty.
+constexpr int kMaxExitStatus = 100;
 
 #define CHECK(condition)                                                                      \
     do {                                                                                      \
@@ -331,26 +339,49 @@ void test_transfer_info_ok() {
     CHECK(parsed.host == "127.0.0.1");
     CHECK(parsed.port == 1234);
     CHECK(parsed.client_name == "Michael Jackson");
-    CHECK(parsed.file_path == "new folder/a b.bin");
+    CHECK(parsed.file_path_text == "new folder/a b.bin");
+    CHECK(parsed.file_path == std::filesystem::path("new folder") / "a b.bin");
+    CHECK(parsed.file_name == "a b.bin");
 
     const info::TransferInfo crlf = info::parse_transfer_info("localhost:65535\r\nbob\r\nC:\\files\\x.bin\r\n\r\n");
     CHECK(crlf.host == "localhost");
     CHECK(crlf.port == 65535);
     CHECK(crlf.client_name == "bob");
-    CHECK(crlf.file_path == "C:\\files\\x.bin");
+    CHECK(crlf.file_path_text == "C:\\files\\x.bin");
+    CHECK(crlf.file_name == "x.bin");  // section 6: the base name, whichever separator
 
     const info::TransferInfo v6 = info::parse_transfer_info("[::1]:1\nbob\nx");  // no final newline
     CHECK(v6.host == "::1");
     CHECK(v6.port == 1);
-    CHECK(v6.file_path == "x");
+    CHECK(v6.file_name == "x");
     CHECK(info::parse_transfer_info("h:1\n" + std::string(100, 'n') + "\nx\n").client_name.size() == 100);
+
+    // Folders with any name (Hebrew "shalom" here, in UTF-8); only the name sent is ASCII.
+    const std::string hebrew = "\xD7\xA9\xD7\x9C\xD7\x95\xD7\x9D";
+    const info::TransferInfo unicode =
+        info::parse_transfer_info("h:1\nbob\nC:\\Users\\" + hebrew + "\\thesis.pdf\n");
+    CHECK(unicode.file_name == "thesis.pdf");
+    CHECK(paths::to_utf8(unicode.file_path) == "C:\\Users\\" + hebrew + "\\thesis.pdf");
+    CHECK(paths::to_utf8(paths::from_utf8(hebrew + "/a.bin")) == hebrew + "/a.bin");
+    CHECK(paths::from_utf8(hebrew + "/a.bin").filename() == "a.bin");
+    CHECK(info::parse_transfer_info("h:1\nbob\nsub/a.bin\n").file_name ==
+          info::parse_transfer_info("h:1\nbob\nsub\\a.bin\n").file_name);
+    // Notepad's byte order mark; blank lines after line 3.
+    CHECK(info::parse_transfer_info("\xEF\xBB\xBFh:1\nbob\nx\n\n  \n").host == "h");
+    CHECK(info::parse_transfer_info("h:1\nbob\n" + std::string(254, 'p') + "\n").file_name.size() == 254);
+    CHECK(info::parse_transfer_info("h:1\nbob\n" + std::string(300, 'd') + "/x\n").file_name == "x");
 }
 
 void test_transfer_info_errors() {
     using info::InfoFileError;
     using info::parse_transfer_info;
-    CHECK_THROWS(InfoFileError, parse_transfer_info(""), "expected 3 lines");
-    CHECK_THROWS(InfoFileError, parse_transfer_info("127.0.0.1:1234\nbob\n"), "found 2");
+    const std::string expected = " lines; expected 3 (host:port, name, file path)";
+    CHECK_THROWS(InfoFileError, parse_transfer_info(""), "transfer.info has 0" + expected);
+    CHECK_THROWS(InfoFileError, parse_transfer_info("\n"), "transfer.info has 1" + expected);  // as Python's
+    CHECK_THROWS(InfoFileError, parse_transfer_info("127.0.0.1:1234\nbob\n"), "transfer.info has 2" + expected);
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\ny\n"), "transfer.info has 4" + expected);
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\rbob\rx\ry"), "transfer.info has 4" + expected);
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\fy\nx\n"), "transfer.info has 4" + expected);
     CHECK_THROWS(InfoFileError, parse_transfer_info("127.0.0.1\nbob\nx\n"), "line 1: expected host:port");
     CHECK_THROWS(InfoFileError, parse_transfer_info(":1234\nbob\nx\n"), "line 1: missing or invalid host");
     CHECK_THROWS(InfoFileError, parse_transfer_info("h:0\nbob\nx\n"), "out of range");
@@ -362,11 +393,39 @@ void test_transfer_info_errors() {
     CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\n\nx\n"), "line 2: the client name is empty");
     CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\n" + std::string(101, 'n') + "\nx\n"), "at most 100");
     CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nb\tob\nx\n"), "printable ASCII");
-    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n\n"), "found 2");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n\n"), "line 3: the file path is empty");
     CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n" + std::string(255, 'p') + "\n"), "at most 254");
-    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\ny\n"), "line 4");
-    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\xC3\xA9\n"), "line 3");
-    CHECK(parse_transfer_info("h:1\nbob\n" + std::string(254, 'p') + "\n").file_path.size() == 254);
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nx\xC3\xA9\n"), "line 3: the file name");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nd\xC3\xA9/x\xFF\n"), "line 3: the file path must be UTF-8");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\n\xC0\xAF\n"), "must be UTF-8");  // overlong '/'
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\na\tb\n"), "must be UTF-8");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nsub/\n"), "names a folder");
+    CHECK_THROWS(InfoFileError, parse_transfer_info("h:1\nbob\nsub\\..\n"), "names a folder");
+}
+
+void test_split_lines() {
+    using info::split_lines;
+    using Lines = std::vector<std::string>;
+    // The vectors are what Python's str.splitlines() returns for the same text.
+    CHECK(split_lines("").empty());
+    CHECK(split_lines("\n") == Lines{""});
+    CHECK(split_lines("a") == Lines{"a"});
+    CHECK(split_lines("a\n") == Lines{"a"});
+    CHECK(split_lines("a\n\n") == (Lines{"a", ""}));
+    CHECK(split_lines("a\r\nb\rc\nd") == (Lines{"a", "b", "c", "d"}));
+    CHECK(split_lines("a\r\rb") == (Lines{"a", "", "b"}));
+    CHECK(split_lines("a\vb\fc\x1C" "d\x1D" "e\x1E" "f") == (Lines{"a", "b", "c", "d", "e", "f"}));
+    CHECK(split_lines("a\xC2\x85" "b\xE2\x80\xA8" "c\xE2\x80\xA9" "d") == (Lines{"a", "b", "c", "d"}));
+    CHECK(split_lines("a\xC2\x84" "b\xE2\x80\xAA") == Lines{"a\xC2\x84" "b\xE2\x80\xAA"});  // not breaks
+    CHECK(split_lines("a\tb c") == Lines{"a\tb c"});
+}
+
+void test_seconds_text() {
+    using std::chrono::milliseconds;
+    CHECK(net::seconds_text(milliseconds(30000)) == "30");
+    CHECK(net::seconds_text(milliseconds(500)) == "0.5");
+    CHECK(net::seconds_text(milliseconds(1250)) == "1.25");
+    CHECK(net::seconds_text(milliseconds(1001)) == "1.001");
 }
 
 void test_me_info() {
@@ -422,6 +481,8 @@ int main() {
         {"rsa roundtrip", test_rsa_roundtrip},
         {"transfer.info ok", test_transfer_info_ok},
         {"transfer.info errors", test_transfer_info_errors},
+        {"split lines as Python does", test_split_lines},
+        {"seconds text", test_seconds_text},
         {"me.info", test_me_info},
     };
     int failed_tests = 0;
@@ -439,5 +500,5 @@ int main() {
     }
     std::cout << g_checks << " checks, " << g_failures << " failed\n";
     std::cout << tests.size() - static_cast<std::size_t>(failed_tests) << " passed, " << failed_tests << " failed\n";
-    return g_failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return std::min(g_failures, kMaxExitStatus);
 }

@@ -23,6 +23,28 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# --- Windows build of the C++ client (tests/test_cpp_client.py runs it under wine) ---------
+# The mingw-w64 cross-compiler and wine64, Debian packages. client/build-windows.sh then
+# cross-builds Crypto++ from Debian's source package once (cached in build/windows-deps/)
+# and the client into build/client-windows/; the tests start wine once per session with
+# WINEPREFIX=build/wine-prefix.
+windows_packages=(g++-mingw-w64-x86-64-posix wine64)
+windows_missing=()
+for package in "${windows_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || windows_missing+=("$package")
+done
+if ((${#windows_missing[@]})); then
+    if [[ $(id -u) == 0 ]]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${windows_missing[@]}" >/dev/null
+    else
+        echo "missing packages (install them with apt-get): ${windows_missing[*]}" >&2
+    fi
+fi
+client/build-windows.sh
+# --- end of the Windows build -------------------------------------------------------------
+
 # Python packages in a virtual environment of the repository's own.
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt

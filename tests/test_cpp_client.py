@@ -21,9 +21,12 @@ import base64
 import functools
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -36,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from Crypto.PublicKey import RSA
-from support import REPO_ROOT, ServerProcess, free_port
+from support import REPO_ROOT, ServerProcess, free_port, wait_until
 
 from crypto_utils import (
     CbcDecryptor,
@@ -546,6 +549,163 @@ def test_malformed_me_info_is_reported_not_replaced(
     assert "me.info" in run.stderr
     assert (work_dir / "me.info").read_text() == broken
     assert query(server, "SELECT ID FROM clients") == []
+
+
+def test_key_files_are_private(posix_client: ClientBuild, server: ServerProcess, tmp_path: Path) -> None:
+    """me.info and priv.key hold the private key: 0600 whatever the umask; a link planted
+    where the temporary file goes is replaced, not written through."""
+    work_dir = make_work_dir(tmp_path, server.address, "private", "p.bin", b"secret")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    (work_dir / "priv.key.tmp").symlink_to(outside)
+    run = run_client(posix_client, work_dir)
+    assert run.returncode == 0, run.stderr
+    for name in ("me.info", "priv.key"):
+        mode = (work_dir / name).lstat().st_mode
+        assert stat.S_ISREG(mode), name
+        assert stat.S_IMODE(mode) == 0o600, f"{name}: {oct(stat.S_IMODE(mode))}"
+    assert outside.read_text() == "not yours"
+
+
+def test_line_3_may_be_an_absolute_path_through_non_ascii_folders(
+    cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path
+) -> None:
+    """§6-§7: C:\\Users\\<Hebrew>\\sub\\a.bin is opened as it is and sent as a.bin."""
+    content = pattern_bytes(12_345)
+    elsewhere = tmp_path / WORK_DIR_NAME / "\u05ea\u05d9\u05e7\u05d9\u05d4" / "sub"  # "folder"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "a.bin").write_bytes(content)
+    work_dir = make_work_dir(tmp_path, server.address, "far", cpp_client.host_path(elsewhere / "a.bin"), None)
+    run = run_client(cpp_client, work_dir)
+    assert run.returncode == 0, run.stderr
+    assert "Sending a.bin (12345 bytes)" in run.stdout
+    assert_stored(server, read_me_info(work_dir).client_id, "a.bin", content)
+
+
+def test_progress_line_on_a_terminal_only(
+    posix_client: ClientBuild, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Over 1 MiB and stderr a terminal (`script`'s pty): one line rewritten with '\\r', erased
+    at the end; piped: no progress at all."""
+    content = pattern_bytes(3 * MIB)
+    work_dir = make_work_dir(tmp_path, server.address, "watcher", "big.bin", content)
+    command = f"stty cols 100 rows 24; {shlex.quote(str(posix_client.executable))}"
+    on_terminal = subprocess.run(
+        ["script", "--quiet", "--return", "--command", command, "/dev/null"],
+        check=False,
+        cwd=work_dir,
+        capture_output=True,  # bytes: text mode would turn each "\r" into a newline
+        timeout=CLIENT_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        env=posix_client.env(),
+    )
+    terminal = on_terminal.stdout.decode()
+    assert on_terminal.returncode == 0, terminal
+    updates = re.findall(r"\rbig\.bin: (\d+)% \((\d+) of 3 MiB\)", terminal)
+    assert len(updates) >= 2, terminal
+    assert updates[-1] == ("100", "3")
+    assert re.search(r"\r +\r", terminal), "the line is erased when the file is sent"
+    assert "File sent and verified" in terminal
+    piped = run_client(posix_client, work_dir)
+    assert piped.returncode == 0, piped.stderr
+    assert "%" not in piped.stdout + piped.stderr
+    assert "\r" not in piped.stdout + piped.stderr
+
+
+class StallingProxy:
+    """Forwards one connection each way, but stops passing the client's bytes on once `limit`
+    have gone through (and sets `stalled`): the client is then stuck mid-request."""
+
+    def __init__(self, target: tuple[str, int], limit: int) -> None:
+        self.limit = limit
+        self.stalled = threading.Event()
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+    def _run(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+            upstream = socket.create_connection(self._target)
+        except OSError:
+            return
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+        self._pump(client, upstream, self.limit)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        passed = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and passed + len(data) >= limit:
+                    sink.sendall(data[: limit - passed])
+                    self.stalled.set()
+                    return  # reads no more: the client's writes fill the socket and block
+                sink.sendall(data)
+                passed += len(data)
+        except OSError:
+            return
+
+
+def interrupt(build: ClientBuild, work_dir: Path, ready: Callable[[], bool]) -> ClientRun:
+    """Starts the client, waits until `ready()`, then does what Ctrl-C does: SIGINT."""
+    with subprocess.Popen(
+        build.command("client"),
+        cwd=work_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=build.env(),
+    ) as process:
+        try:
+            assert wait_until(lambda: ready() or process.poll() is not None, timeout=CLIENT_TIMEOUT)
+            assert process.poll() is None, "the client ended before it could be interrupted"
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=CLIENT_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return ClientRun(process.returncode, stdout, stderr)
+
+
+def test_ctrl_c_while_waiting_for_the_server(
+    posix_client: ClientBuild, fake_server: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = fake_server({(REGISTER, 1): lambda _: b""})  # never answers
+    work_dir = make_work_dir(tmp_path, server.address, "impatient", "f.bin", b"x")
+    run = interrupt(posix_client, work_dir, lambda: REGISTER in server.codes)
+    assert (run.returncode, run.stderr) == (130, "Interrupted\n")
+    assert not (work_dir / "me.info").exists()
+
+
+def test_ctrl_c_mid_transfer_leaves_nothing_on_the_server(
+    posix_client: ClientBuild, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Stopped in the middle of a 1028: "Interrupted", 130, and the server keeps no file."""
+    content = pattern_bytes(8 * MIB)
+    # Past the 1025, 1026 and the first MiB of the 1028: the client is sending the file.
+    proxy = StallingProxy(server.address, limit=2 * REQUEST_HEADER.size + 2 * 255 + 160 + MIB)
+    try:
+        work_dir = make_work_dir(tmp_path, proxy.address, "quitter", "big.bin", content)
+        run = interrupt(posix_client, work_dir, proxy.stalled.is_set)
+    finally:
+        proxy.close()  # the server sees the request cut short
+    assert (run.returncode, run.stderr) == (130, "Interrupted\n")
+    me = read_me_info(work_dir)
+    assert query(server, "SELECT ID FROM clients") == [(me.client_id,)]
+    assert wait_until(lambda: not list(server.data_dir.rglob("*big*")))
+    assert query(server, "SELECT FileName FROM files") == []
 
 
 def test_crlf_info_files(cpp_client: ClientBuild, server: ServerProcess, tmp_path: Path) -> None:

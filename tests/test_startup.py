@@ -4,7 +4,7 @@ What a restart, a planted symbolic link, concurrent uploads and racing requests
 must not break. Most tests run our server in this process (`LocalServer`), so
 that a fault no peer can cause (a disk of a given size, a shutdown between two
 steps) can be set up exactly, with no sleep and no luck; the others run it as a
-subprocess, as a user does. Cost: about 15 s in all, most of it the 10,000-file
+subprocess, as a user does. Cost: about 12 s in all, 3 s of it the 10,000-file
 start-up.
 """
 
@@ -14,6 +14,8 @@ import io
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RSA_KEY, ServerFactory
-from support import RawConnection, ServerProcess, ServerStartError, wait_until
+from support import REPO_ROOT, RawConnection, ServerProcess, ServerStartError, wait_until
 from test_conformance import expect, new_client, send_file_request
 
 import handlers
@@ -540,6 +542,26 @@ def test_a_half_registration_expires_and_frees_its_name(
             pack_request(first_id, RequestCode.PUBLIC_KEY, encode_name(name) + export_public_key(RSA_KEY))
         )
         expect(conn, ResponseCode.GENERAL_ERROR, "the expired registration's 1026")
+
+
+def test_help_names_the_limit_options() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "server.py"), "--help"], capture_output=True, text=True, check=True
+    )
+    for option in (
+        "--max-files-per-client",
+        "--registration-timeout",
+        "--max-incomplete-registrations",
+        "--max-clients",
+    ):
+        assert option in result.stdout
+    refused = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "server.py"), "--max-files-per-client", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "--max-files-per-client" in refused.stderr
 
 
 def test_half_registrations_are_bounded(server_factory: ServerFactory, unique_name: NameFactory) -> None:

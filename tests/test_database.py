@@ -7,11 +7,12 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from database import ConstraintViolation, Database
+from database import ClientRecord, ConstraintViolation, Database, FileRecord, LimitReached, Limits
 
 
 @pytest.fixture
@@ -111,3 +112,96 @@ def test_racing_registrations_of_one_name_give_exactly_one_client(db: Database) 
             record = db.get_client(winners[0])
             assert record is not None and record.name == name
     assert db.count_clients() == RACE_ROUNDS
+
+
+def _last_seen(db: Database, client_id: bytes) -> str:
+    [(value,)] = db._execute("SELECT LastSeen FROM clients WHERE ID = ?", (client_id,)).rows
+    return str(value)
+
+
+def test_touch_moves_last_seen_of_that_client_only(db: Database) -> None:
+    first, second = db.register_client("alice"), db.register_client("bob")
+    assert first is not None and second is not None
+    stale = "2000-01-01 00:00:00+00:00"
+    db._execute("UPDATE clients SET LastSeen = ?", (stale,))
+    db.touch(first)
+    assert datetime.fromisoformat(_last_seen(db, first)) > datetime.now(UTC) - timedelta(minutes=1)
+    assert _last_seen(db, second) == stale
+
+
+def test_half_registrations_expire_after_the_timeout_and_keyed_clients_stay(tmp_path: Path) -> None:
+    db = Database(tmp_path / "defensive.db", Limits(registration_timeout=60))
+    keyed, half = db.register_client("keyed"), db.register_client("half")
+    assert keyed is not None and half is not None
+    assert db.set_keys(keyed, "keyed", bytes(160), bytes(16))
+    now = datetime.now(UTC)
+    assert db.expire_incomplete_registrations(now + timedelta(seconds=30)) == 0
+    assert db.expire_incomplete_registrations(now + timedelta(seconds=120)) == 1
+    assert db.get_client(half) is None and db.get_client(keyed) is not None
+
+
+def test_put_file_returns_the_path_it_replaced(db: Database) -> None:
+    client_id = db.register_client("erin")
+    assert client_id is not None
+    assert db.put_file(client_id, "f", "storage/1") is None
+    assert db.set_verified(client_id, "f")
+    assert db.put_file(client_id, "f", "storage/2") == "storage/1"
+    assert db.get_file(client_id, "f") == FileRecord(client_id, "f", "storage/2", False)
+    assert db.put_file(client_id, "g", "storage/3") is None
+    assert db.path_names() == {"storage/2", "storage/3"}
+
+
+def test_the_files_per_client_limit(tmp_path: Path) -> None:
+    db = Database(tmp_path / "defensive.db", Limits(max_files_per_client=2))
+    client_id, other = db.register_client("a"), db.register_client("b")
+    assert client_id is not None and other is not None
+    db.put_file(client_id, "1", "storage/1")
+    assert db.may_add_file(client_id, "2")
+    db.put_file(client_id, "2", "storage/2")
+    assert not db.may_add_file(client_id, "3")
+    assert db.may_add_file(client_id, "2"), "a replacement adds no file"
+    assert db.may_add_file(other, "3"), "the limit is per client"
+    with pytest.raises(LimitReached, match="has 2 files"):
+        db.put_file(client_id, "3", "storage/3")
+    assert db.put_file(client_id, "2", "storage/2b") == "storage/2"
+
+
+def test_set_verified_and_delete_file_say_whether_there_was_a_file(db: Database) -> None:
+    client_id = db.register_client("frank")
+    assert client_id is not None
+    assert not db.set_verified(client_id, "f")
+    assert db.delete_file(client_id, "f") is None
+    db.put_file(client_id, "f", "storage/1")
+    db.put_file(client_id, "g", "storage/2")
+    assert db.delete_file(client_id, "f") == "storage/1"
+    assert db.get_file(client_id, "f") is None and db.get_file(client_id, "g") is not None
+
+
+def test_set_aes_key_needs_the_public_key_still_stored(db: Database) -> None:
+    client_id = db.register_client("gina")
+    assert client_id is not None
+    db.set_keys(client_id, "gina", bytes(160), bytes(16))
+    assert not db.set_aes_key(client_id, b"\x01" * 160, b"\x02" * 16)
+    assert db.set_aes_key(client_id, bytes(160), b"\x03" * 16)
+    record = db.get_client(client_id)
+    assert record == ClientRecord(client_id, "gina", bytes(160), b"\x03" * 16)
+    assert not db.delete_incomplete_client(bytes(16))
+
+
+def test_set_keys_refuses_another_name_or_another_key(db: Database) -> None:
+    client_id = db.register_client("hank")
+    assert client_id is not None
+    assert not db.set_keys(client_id, "other", bytes(160), bytes(16))
+    assert db.set_keys(client_id, "hank", bytes(160), bytes(16))
+    assert not db.set_keys(client_id, "hank", b"\x01" * 160, bytes(16))
+    assert db.set_keys(client_id, "hank", bytes(160), b"\x01" * 16)
+
+
+def test_records_whose_files_are_gone_are_forgotten(db: Database) -> None:
+    client_id = db.register_client("ivy")
+    assert client_id is not None
+    for name in ("a", "b", "c"):
+        db.put_file(client_id, name, f"storage/{name}")
+    db.delete_files_by_path({"storage/a", "storage/c"})
+    assert db.path_names() == {"storage/b"}
+    assert db.count_clients() == 1

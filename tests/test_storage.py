@@ -19,12 +19,18 @@ from storage import (
     DEFAULT_MIN_FREE_SPACE,
     INCOMING_DIR_NAME,
     MAX_STORED_BASE_NAME,
+    MIN_FREE_INODES,
     PARTIAL_SUFFIX,
     STORAGE_DIR_NAME,
     UPLOAD_ID_CHARS,
+    DiskSpace,
     FileStore,
     Partial,
+    ShuttingDown,
     StorageError,
+    UnsafeStorage,
+    disk_space,
+    make_private,
     safe_base_name,
 )
 
@@ -299,3 +305,208 @@ def test_reconcile_removes_a_partial_even_under_a_recorded_name(store: FileStore
 def test_reconcile_of_an_empty_folder(store: FileStore) -> None:
     assert store.reconcile(set()) == set()
     assert store.reconcile({"storage/x/y"}) == {"storage/x/y"}
+
+
+# --- the new API's edges (killing mutmut's survivors) ----------------------------------------
+
+
+class Space:
+    """A disk of a given size, for the reservation checks (FileStore's space_source)."""
+
+    def __init__(self, free_bytes: int, free_inodes: int | None) -> None:
+        self.space = DiskSpace(free_bytes, free_inodes)
+
+    def __call__(self, path: Path) -> DiskSpace:
+        return self.space
+
+
+def test_reservations_count_what_transfers_in_progress_have_not_yet_written(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, min_free_space=100, space_source=Space(1000, None))
+    first = store.begin_upload(600)  # 600 reserved: 400 left, 100 of them the margin
+    assert first.outstanding() == 600
+    os.write(first.fd, bytes(250))
+    assert first.outstanding() == 350
+    with pytest.raises(StorageError, match=r"not enough disk space for 551 bytes \(1000 free, 350 reserved"):
+        store.begin_upload(551)
+    second = store.begin_upload(550)  # exactly what is left: accepted
+    store.end_upload(second)
+    store.end_upload(first)
+    store.end_upload(store.begin_upload(900))  # released reservations count no more
+
+
+def test_a_partial_written_past_its_reservation_reserves_nothing(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, min_free_space=0)
+    partial = store.begin_upload(10)
+    os.write(partial.fd, bytes(30))
+    assert partial.outstanding() == 0
+    store.end_upload(partial)
+    assert partial.outstanding() == 10  # its descriptor closed: counted as reserved whole
+
+
+def test_free_inodes_are_checked_with_two_per_transfer(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, min_free_space=0, space_source=Space(1 << 40, MIN_FREE_INODES + 4))
+    first = store.begin_upload(1)  # MIN + 4 - 0 >= MIN + 2
+    second = store.begin_upload(1)  # MIN + 4 - 2 >= MIN + 2
+    with pytest.raises(
+        StorageError, match=rf"not enough free inodes on the disk \({MIN_FREE_INODES + 4} free\)"
+    ):
+        store.begin_upload(1)  # MIN + 4 - 4 < MIN + 2
+    for partial in (first, second):
+        store.end_upload(partial)
+    unlimited = FileStore(tmp_path, min_free_space=0, space_source=Space(1 << 40, None))
+    unlimited.end_upload(unlimited.begin_upload(1))  # no inode count: no inode check
+
+
+def test_an_unreadable_free_space_is_a_storage_error(tmp_path: Path) -> None:
+    def broken(path: Path) -> DiskSpace:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(StorageError, match="cannot read the free disk space: Input/output error"):
+        FileStore(tmp_path, space_source=broken).begin_upload(1)
+
+
+def test_disk_space_reads_statvfs(tmp_path: Path) -> None:
+    fs = os.statvfs(tmp_path)
+    space = disk_space(tmp_path)
+    assert abs(space.free_bytes - fs.f_bavail * fs.f_frsize) < (64 << 20)
+    if fs.f_files:
+        assert space.free_inodes is not None and abs(space.free_inodes - fs.f_favail) < 1000
+    else:
+        assert space.free_inodes is None
+
+
+def test_an_upload_after_shutdown_is_not_placed(store: FileStore) -> None:
+    partial = _written(store, b"late")
+    path_name = store.path_name(CLIENT, "late.bin")
+    store.close()
+    with pytest.raises(ShuttingDown, match="shutting down") as caught:
+        store.commit_partial(partial, path_name)
+    assert caught.value.closes_connection
+    store.end_upload(partial)
+    assert not (store.data_dir / path_name).exists()
+
+
+def test_an_ended_upload_is_not_placed(store: FileStore) -> None:
+    partial = _written(store, b"x")
+    store.end_upload(partial)
+    with pytest.raises(ShuttingDown):
+        store.commit_partial(partial, store.path_name(CLIENT, "x.bin"))
+
+
+def test_a_placed_upload_keeps_its_file_when_it_ends(store: FileStore) -> None:
+    partial = _written(store, b"kept")
+    path_name = store.path_name(CLIENT, "x.bin")
+    store.commit_partial(partial, path_name)
+    assert partial.placed
+    store.end_upload(partial)
+    assert (store.data_dir / path_name).read_bytes() == b"kept"
+    assert list((store.root / INCOMING_DIR_NAME).iterdir()) == []
+    with pytest.raises(OSError):
+        os.fstat(partial.fd)  # the descriptor is closed
+
+
+@pytest.mark.parametrize(
+    "path_name",
+    [
+        f"storage/{CLIENT.hex()}",
+        f"storage/{CLIENT.hex()}/",
+        f"storage/{CLIENT.hex()}/.",
+        f"storage/{CLIENT.hex()}/..",
+        f"storage/{CLIENT.hex()}/a\\b",
+        f"storage/{CLIENT.hex()}/a\0b",
+        f"storage/{CLIENT.hex()}/a/b",
+        f"storage/{CLIENT.hex().upper()}/x",
+        f"storage/{CLIENT.hex()[:-1]}/x",
+        f"other/{CLIENT.hex()}/x",
+        f"storage/{INCOMING_DIR_NAME}/x.part",
+    ],
+)
+def test_a_path_name_of_another_shape_is_refused_everywhere(store: FileStore, path_name: str) -> None:
+    partial = _written(store, b"x")
+    for operation in (store.absolute, store.remove, lambda p: store.commit_partial(partial, p)):
+        with pytest.raises(StorageError, match="outside the storage folder's layout"):
+            operation(path_name)
+    store.end_upload(partial)
+
+
+def test_remove_goes_through_no_symbolic_link(store: FileStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"keep")
+    (store.root / CLIENT.hex()).symlink_to(outside, target_is_directory=True)
+    store.remove(f"storage/{CLIENT.hex()}/victim")
+    assert (outside / "victim").read_bytes() == b"keep"
+    store.remove(f"storage/{OTHER_CLIENT.hex()}/x")  # no such client folder: nothing to do
+    assert not (store.root / OTHER_CLIENT.hex()).exists(), "remove creates no folder"
+
+
+def test_a_removed_file_leaves_the_other_files_of_its_folder(store: FileStore) -> None:
+    first, second = _stored(store, CLIENT, "a"), _stored(store, CLIENT, "b")
+    store.remove(first)
+    assert not (store.data_dir / first).exists() and (store.data_dir / second).exists()
+
+
+def test_commit_into_a_client_folder_that_is_a_link_is_refused(store: FileStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / CLIENT.hex()).symlink_to(outside, target_is_directory=True)
+    partial = _written(store, b"x")
+    with pytest.raises(StorageError, match="cannot use the client's folder"):
+        store.commit_partial(partial, store.path_name(CLIENT, "x.bin"))
+    store.end_upload(partial)
+    assert list(outside.iterdir()) == []
+
+
+def test_reconcile_skips_what_is_not_a_regular_file_and_refuses_a_linked_client_folder(
+    store: FileStore, tmp_path: Path
+) -> None:
+    kept = _stored(store, CLIENT, "kept.bin")
+    folder = store.root / CLIENT.hex()
+    (folder / "subfolder").mkdir()
+    os.mkfifo(folder / "fifo")
+    (folder / "link").symlink_to(store.data_dir / kept)
+    (store.root / "not-a-client").mkdir()
+    (store.root / "stray-file").write_bytes(b"s")
+    os.mkfifo(store.root / INCOMING_DIR_NAME / "fifo.part")
+    (store.root / INCOMING_DIR_NAME / "sub").mkdir()
+    assert store.reconcile({kept}) == set()
+    for left in ("subfolder", "fifo", "link"):
+        assert os.path.lexists(folder / left), left
+    assert (store.root / "not-a-client").is_dir() and (store.root / "stray-file").exists()
+    assert os.path.lexists(store.root / INCOMING_DIR_NAME / "fifo.part")
+    assert (store.root / INCOMING_DIR_NAME / "sub").is_dir()
+    assert (store.data_dir / kept).exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / OTHER_CLIENT.hex()).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafeStorage, match="symbolic link"):
+        store.reconcile({kept})
+
+
+def test_reconcile_makes_client_folders_private(store: FileStore) -> None:
+    _stored(store, CLIENT, "x")
+    folder = store.root / CLIENT.hex()
+    folder.chmod(0o755)
+    store.reconcile(set())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_make_private_sets_the_mode_and_leaves_a_link_alone(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    make_private(target, 0o600)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    target.chmod(0o644)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        make_private(target, 0o600, fd)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    target.chmod(0o644)
+    make_private(link, 0o600)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    make_private(tmp_path / "missing", 0o600)  # warned, not raised

@@ -353,3 +353,12 @@ def test_the_timeout_is_30_s_by_default_and_must_be_positive() -> None:
         check=False,
     )
     assert refused.returncode == 2 and "'0' is not a positive number of seconds" in refused.stderr
+
+
+def test_a_host_that_is_not_an_address_of_this_machine_is_named(tmp_path: Path) -> None:
+    """192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of a test machine."""
+    result = run_server("--host", "192.0.2.1", "--port", "0", "--data-dir", ".", cwd=tmp_path)  # last wins
+    assert result.returncode == 1
+    assert error_lines(result) == [
+        "cannot start: 192.0.2.1 is not an address of this machine; correct --host"
+    ]

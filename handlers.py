@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from crypto_utils import (
@@ -24,8 +24,11 @@ from crypto_utils import (
     wrap_aes_key,
 )
 from database import ClientRecord, Database, LimitReached
+from forgeries import DecryptionFailures
 from protocol import (
     AES_BLOCK_SIZE,
+    HEAD_ONLY_PAYLOAD_SIZE,
+    MAX_CONTENT_SIZE_ON_WIRE,
     SEND_FILE_HEAD,
     AesKeyResponse,
     ClientIdResponse,
@@ -34,6 +37,7 @@ from protocol import (
     KeyAlreadySet,
     MalformedPayload,
     NameRequest,
+    OverLimit,
     PublicKeyRequest,
     RequestCode,
     RequestHeader,
@@ -41,6 +45,7 @@ from protocol import (
     SendFileHead,
     UnknownClient,
     UnknownFile,
+    send_file_content_size,
 )
 from storage import FileStore, Partial, StorageError
 from streams import PayloadReader
@@ -59,6 +64,9 @@ class RequestContext:
     payload: PayloadReader
     db: Database
     store: FileStore
+    peer: str = "-"  # host:port, for log lines
+    max_file_size: int = MAX_CONTENT_SIZE_ON_WIRE  # --max-file-size
+    decryption_failures: DecryptionFailures = field(default_factory=DecryptionFailures)
 
 
 Reply = tuple[ResponseCode, bytes] | None
@@ -137,11 +145,35 @@ def handle_reconnect(ctx: RequestContext) -> Reply:
     return ResponseCode.RECONNECTED, AesKeyResponse(client.client_id, wrapped).pack()
 
 
+def read_send_file_head(ctx: RequestContext) -> SendFileHead:
+    """Read a 1028's head and settle its framing: how many content bytes follow (§2, §7).
+
+    First of all, before any refusal: once the framing is known, a refused
+    1028 is read to its end and the connection stays usable (§3).
+    """
+    raw = ctx.payload.read(SEND_FILE_HEAD.size)
+    content_size = send_file_content_size(raw, ctx.header.payload_size)  # FramingError: close
+    if ctx.header.payload_size == HEAD_ONLY_PAYLOAD_SIZE:
+        ctx.payload.extend(content_size)  # served all the same (§7); the loop warns once
+    ctx.payload.mark_framed()
+    return SendFileHead.unpack(raw, ctx.header.payload_size)
+
+
 def handle_send_file(ctx: RequestContext) -> Reply:
     """1028: stream, decrypt, checksum and store a file; record it unverified."""
+    head = read_send_file_head(ctx)
+    if head.content_size > ctx.max_file_size:
+        raise OverLimit(f"1028 of {head.content_size} bytes is over --max-file-size {ctx.max_file_size}")
     client = _registered_client(ctx)
     assert client.aes_key is not None
-    head = SendFileHead.unpack(ctx.payload.read(SEND_FILE_HEAD.size), ctx.header.payload_size)
+    ctx.decryption_failures.check(client.client_id)  # Throttled: too many forged 1028s?
+    log.debug(
+        "%s client=%s: receiving %r, %d bytes",
+        ctx.peer,
+        client.client_id.hex(),
+        head.file_name,
+        head.content_size,
+    )
     path_name = ctx.store.path_name(client.client_id, head.file_name)
     if not ctx.db.may_add_file(client.client_id, head.file_name):
         raise LimitReached(f"client {client.client_id.hex()} has the most files it may have")
@@ -149,7 +181,11 @@ def handle_send_file(ctx: RequestContext) -> Reply:
     try:
         # The store owns the descriptor: it measures the file to count what is still reserved.
         with open(partial.fd, "wb", buffering=0, closefd=False) as out:
-            checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
+            try:
+                checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
+            except DecryptionFailed:
+                ctx.decryption_failures.record(client.client_id, ctx.peer)
+                raise
         _place(ctx, partial, client.client_id, head.file_name, path_name)
     finally:
         ctx.store.end_upload(partial)

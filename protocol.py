@@ -32,6 +32,8 @@ SEND_FILE_HEAD = struct.Struct(f"<I{NAME_FIELD_SIZE}s")
 # 2103: client_id(16) content_size(4) file_name(255) cksum(4).
 FILE_RECEIVED = struct.Struct(f"<{CLIENT_ID_SIZE}sI{NAME_FIELD_SIZE}sI")
 
+# A 1028 whose header declares only its head (§7): Content size more bytes follow the head.
+HEAD_ONLY_PAYLOAD_SIZE = SEND_FILE_HEAD.size
 # The largest content a 1028 can describe: its Content size field is 32 bits and
 # the header's payload size (259 + content) must fit in 32 bits as well.
 MAX_CONTENT_SIZE_ON_WIRE = (2**32 - 1 - SEND_FILE_HEAD.size) // AES_BLOCK_SIZE * AES_BLOCK_SIZE
@@ -271,6 +273,8 @@ def check_request_size(header: RequestHeader, max_content_size: int) -> None:
     if code is RequestCode.SEND_FILE:
         smallest = SEND_FILE_HEAD.size + AES_BLOCK_SIZE
         largest = SEND_FILE_HEAD.size + max_content_size
+        if header.payload_size == HEAD_ONLY_PAYLOAD_SIZE:
+            return  # a known client mistake, served (§7): the head tells the content's size
         if header.payload_size < smallest:
             raise MalformedPayload(f"1028 payload size {header.payload_size} is below {smallest}")
         if header.payload_size > largest:
@@ -333,14 +337,29 @@ class SendFileHead:
     @classmethod
     def unpack(cls, data: bytes, payload_size: int) -> SendFileHead:
         """Decode the head and check it against the header's payload size (§2, 1028)."""
-        _check_size(data, SEND_FILE_HEAD.size, "1028 head")
-        content_size, name_field = SEND_FILE_HEAD.unpack(data)
-        if content_size != payload_size - SEND_FILE_HEAD.size:
-            # The header and the head disagree: which one frames the stream is unknowable.
-            raise FramingError(f"1028 content size {content_size} disagrees with payload size {payload_size}")
-        if content_size % AES_BLOCK_SIZE:
-            raise FramingError(f"1028 content size {content_size} is not a multiple of 16")
-        return cls(content_size, decode_name(name_field))
+        content_size = send_file_content_size(data, payload_size)
+        return cls(content_size, decode_name(SEND_FILE_HEAD.unpack(data)[1]))
+
+
+def send_file_content_size(head: bytes, payload_size: int) -> int:
+    """The Content size of a 1028's head, once it agrees with the header's payload size.
+
+    Raises FramingError when the two disagree: which one frames the stream is
+    unknowable. A payload size of exactly HEAD_ONLY_PAYLOAD_SIZE is a known
+    client mistake (§7): the content follows the head all the same.
+    """
+    _check_size(head, SEND_FILE_HEAD.size, "1028 head")
+    content_size: int = SEND_FILE_HEAD.unpack(head)[0]
+    if payload_size == HEAD_ONLY_PAYLOAD_SIZE:
+        if not content_size:
+            # Both readings agree that nothing follows: framed, but no file (PKCS#7 always
+            # adds a block).
+            raise MalformedPayload("1028 with no content")
+    elif content_size != payload_size - SEND_FILE_HEAD.size:
+        raise FramingError(f"1028 content size {content_size} disagrees with payload size {payload_size}")
+    if content_size % AES_BLOCK_SIZE:
+        raise FramingError(f"1028 content size {content_size} is not a multiple of 16")
+    return content_size
 
 
 def encrypted_size(plain_size: int) -> int:

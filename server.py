@@ -39,7 +39,8 @@ try:
         DatabaseError,
         Limits,
     )
-    from handlers import HANDLERS, RequestContext
+    from forgeries import DecryptionFailures
+    from handlers import HANDLERS, RequestContext, read_send_file_head
     from protocol import (
         MAX_CONTENT_SIZE_ON_WIRE,
         MAX_DISCARDED_PAYLOAD,
@@ -52,6 +53,7 @@ try:
         check_request_size,
         pack_response,
     )
+    from slots import ConnectionSlots, Slot
     from storage import DEFAULT_MIN_FREE_SPACE, FileStore, UnsafeStorage, make_private
     from streams import PayloadReader, PeerGone, RateGuard, TooSlow, read_exact_into
 except ModuleNotFoundError as err:  # pycryptodome or anycrc not installed: one line, not a traceback
@@ -68,6 +70,13 @@ DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent before it is
 DEFAULT_MIN_RATE = 8 * 1024
 # Threads are cheap but not free; each active transfer holds two chunk buffers.
 DEFAULT_MAX_CONNECTIONS = 200
+# A whole class behind one NAT (a lab, a campus) submitting at a deadline: each student's
+# client holds one connection at a time, and a new one takes an idle one's slot (slots.py).
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+# A connection's first refusals are logged one line each, the rest counted, and the count
+# logged at most once a REFUSAL_SUMMARY_INTERVAL (seconds) and when the connection ends.
+REFUSALS_LOGGED_PER_CONNECTION = 5
+REFUSAL_SUMMARY_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class ServerConfig:
     max_file_size: int  # largest encrypted content accepted in one 1028
     min_free_space: int  # bytes that must stay free on the disk after a file is accepted
     limits: Limits = field(default_factory=Limits)  # files per client, registrations (database.py)
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
 
 class FileTransferServer(socketserver.ThreadingTCPServer):
@@ -108,9 +118,10 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
         except BaseException:
             self.db.close()
             raise
-        self._connections = 0
-        self._connections_lock = threading.Lock()
-        super().__init__((config.host, config.port), ConnectionHandler)
+        self.slots = ConnectionSlots(config.max_connections, config.max_connections_per_address)
+        self.decryption_failures = DecryptionFailures()
+        # Each handler is made by _serve_connection, with its slot; never by finish_request.
+        super().__init__((config.host, config.port), ConnectionHandler)  # type: ignore[arg-type]
 
     def _reconcile_storage(self) -> None:
         """Make the records and the storage folder agree after an unclean stop."""
@@ -123,23 +134,35 @@ class FileTransferServer(socketserver.ThreadingTCPServer):
             log.info("start-up: %d registrations without a public key expired", expired)
         log.info("loaded %d registered clients from %s", self.db.count_clients(), self.db.path)
 
-    def verify_request(self, request: object, client_address: object) -> bool:
-        """Refuse a connection over the limit: socketserver closes it at once."""
-        with self._connections_lock:
-            if self._connections >= self.config.max_connections:
-                log.warning("refusing %s: %d connections already open", client_address, self._connections)
-                return False
-            self._connections += 1
-            return True
-
-    def process_request_thread(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
-    ) -> None:
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        """Give the connection a slot and a thread of its own, or close it at once."""
+        host, port = client_address[:2]
+        slot = self.slots.acquire(request, host, f"{host}:{port}")
+        if slot is None:
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address, slot), daemon=self.daemon_threads
+        )
         try:
-            super().process_request_thread(request, client_address)
+            thread.start()
+        except Exception as err:  # RuntimeError "can't start new thread", MemoryError
+            # The thread will never give its slot back: give it back here (issue 10, point 5).
+            self.slots.release(slot)
+            log.error("cannot serve %s: %s; closing the connection", slot.peer, err)
+            self.shutdown_request(request)
+
+    def _serve_connection(self, request: socket.socket, client_address: tuple[str, int], slot: Slot) -> None:
+        """A connection's thread: its handler, then the slot given back, then the socket closed."""
+        try:
+            ConnectionHandler(request, client_address, self, slot)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            with self._connections_lock:
-                self._connections -= 1
+            # Before the close: a client that sees the close and reconnects finds the slot free.
+            self.slots.release(slot)
+            log.debug("%s disconnected; %d connections open", slot.peer, len(self.slots))
+            self.shutdown_request(request)
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Anything that escapes a handler goes to the log, never as a bare traceback."""
@@ -158,6 +181,12 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
 
     server: FileTransferServer
 
+    def __init__(
+        self, request: socket.socket, client_address: tuple[str, int], server: FileTransferServer, slot: Slot
+    ) -> None:
+        self.slot = slot
+        super().__init__(request, client_address, server)  # runs setup(), handle(), finish()
+
     def setup(self) -> None:
         super().setup()
         config = self.server.config
@@ -167,12 +196,14 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         self.guard = RateGuard(config.min_rate, grace=config.idle_timeout)
         host, port = self.client_address[:2]
         self.peer = f"{host}:{port}"
+        self.refusals = RefusalLog(self.peer)
+        self.warned_head_only_size = False
 
     def handle(self) -> None:
         log.debug("%s connected", self.peer)
         try:
             while self._serve_one_request():
-                pass
+                self.server.slots.idle(self.slot)
         except TooSlow as err:
             log.warning("%s too slow: %s; closing", self.peer, err)
         except (PeerGone, ConnectionError) as err:
@@ -182,6 +213,8 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         except Exception:
             log.exception("%s: unexpected error; closing the connection", self.peer)
             self._send_quietly(pack_response(ResponseCode.GENERAL_ERROR))
+        finally:
+            self.refusals.summarise()
 
     def _serve_one_request(self) -> bool:
         """Read, dispatch and answer one request. False when the connection should close."""
@@ -190,6 +223,9 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         # a request has begun, the rate guard bounds how long it may take.
         if not self.rfile.readinto1(memoryview(raw_header)[:1]):
             log.debug("%s closed the connection", self.peer)
+            return False
+        if not self.server.slots.busy(self.slot):
+            log.debug("%s: its slot went to a new connection as its request began", self.peer)
             return False
         started = time.monotonic()
         self.guard.restart()
@@ -203,46 +239,91 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
             return False
         header = RequestHeader.unpack(bytes(raw_header))
         payload = PayloadReader(self.rfile, header.payload_size, self.guard)
-        outcome, keep_open = self._dispatch(header, payload)
-        log.info(
-            "%s client=%s code=%d -> %s bytes=%d %.1f ms",
-            self.peer,
-            header.client_id.hex(),
-            header.code,
-            outcome,
-            header.payload_size,
-            (time.monotonic() - started) * 1000,
-        )
+        try:
+            outcome, keep_open = self._dispatch(header, payload)
+        except TooSlow:
+            raise
+        except PeerGone as err:
+            # What is missing of the whole request, not only of the read that came up short.
+            raise PeerGone(
+                f"connection closed {err.missing + payload.unread} bytes short of the end of a "
+                f"{header.code} request",
+                missing=err.missing + payload.unread,
+            ) from err
+        if payload.head_only_size and not self.warned_head_only_size:
+            self.warned_head_only_size = True  # once per connection (§7)
+            log.warning(
+                "%s client=%s: its 1028 declares a payload size of %d, the head without the "
+                "content; served, but the client should declare 259 + Content size (PROTOCOL.md §2)",
+                self.peer,
+                header.client_id.hex(),
+                header.payload_size,
+            )
+        if outcome is not None:
+            log.info(
+                "%s client=%s code=%d -> %s bytes=%d %.1f ms",
+                self.peer,
+                header.client_id.hex(),
+                header.code,
+                outcome,
+                header.payload_size,
+                (time.monotonic() - started) * 1000,
+            )
         return keep_open
 
-    def _dispatch(self, header: RequestHeader, payload: PayloadReader) -> tuple[str, bool]:
-        """Run the handler for `header`; answer it. Returns (outcome for the log, keep open)."""
-        context = RequestContext(header, payload, self.server.db, self.server.store)
+    def _dispatch(self, header: RequestHeader, payload: PayloadReader) -> tuple[str | None, bool]:
+        """Run the handler for `header`; answer it.
+
+        Returns the outcome for the request's log line (None: a refusal, already
+        logged) and whether the connection stays open.
+        """
+        context = RequestContext(
+            header,
+            payload,
+            self.server.db,
+            self.server.store,
+            peer=self.peer,
+            max_file_size=self.server.config.max_file_size,
+            decryption_failures=self.server.decryption_failures,
+        )
         try:
-            check_request_size(header, self.server.config.max_file_size)
+            # A 1028's size against --max-file-size is checked by its handler, once its
+            # head is read: a refusal must know the request's framing to read it to its end.
+            check_request_size(header, MAX_CONTENT_SIZE_ON_WIRE)
             if header.code != RequestCode.REGISTER:
                 self.server.db.touch(header.client_id)  # LastSeen, on every request (§2)
             reply = HANDLERS[RequestCode(header.code)](context)
         except RequestError as err:
-            code = err.response_code
-            closing = err.closes_connection or payload.unread > MAX_DISCARDED_PAYLOAD
-            log.warning(
-                "%s client=%s code=%d refused: %s%s",
-                self.peer,
-                header.client_id.hex(),
-                header.code,
-                err,
-                "; closing" if closing else "",
-            )
-            self._send(pack_response(code))  # before skipping: the refusal needs none of the rest
+            closing = not self._can_read_to_end(context, err)
+            self.refusals.refused(header, err, closing)
+            self._send(pack_response(err.response_code))  # now: the refusal needs none of the rest
             if not closing:
+                # §3: a refused request whose framing is intact is read to its end and
+                # thrown away (under the rate guard and the idle timeout), so that the
+                # client, still sending it, reads the 2107 afterwards and can retry here.
                 payload.skip_rest()
-            return f"{code.value} ({type(err).__name__})", not closing
+            return None, not closing
         if reply is None:
             return "no reply", True
         code, body = reply
         self._send(pack_response(code, body))
         return str(code.value), True
+
+    def _can_read_to_end(self, context: RequestContext, err: RequestError) -> bool:
+        """After a refusal: is the rest of the request known, so that it can be skipped?"""
+        if err.closes_connection:
+            return False
+        payload = context.payload
+        if context.header.code == RequestCode.SEND_FILE and not payload.framed:
+            # Refused before its handler read the head (a failing database, say): only
+            # the head tells whether the declared sizes agree (§2, §7).
+            try:
+                read_send_file_head(context)
+            except FramingError:
+                return False
+            except RequestError:
+                pass  # the head's framing is sound; its content is not what matters now
+        return payload.framed or payload.unread <= MAX_DISCARDED_PAYLOAD
 
     def _send(self, response: bytes) -> None:
         self.wfile.write(response)  # one write: header and payload together (§7)
@@ -251,6 +332,49 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         """Best-effort reply on a connection that is about to close."""
         with contextlib.suppress(OSError):
             self._send(response)
+
+
+class RefusalLog:
+    """A connection's refusal lines, rate-limited: a peer sending nothing but refused requests
+    must not make the log grow faster than it sends (issue 10, point 10)."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.count = 0
+        self.unlogged = 0
+        self._last_summary = time.monotonic()
+
+    def refused(self, header: RequestHeader, err: RequestError, closing: bool) -> None:
+        self.count += 1
+        if self.count <= REFUSALS_LOGGED_PER_CONNECTION:
+            log.warning(
+                "%s client=%s code=%d -> %d (%s) refused: %s%s",
+                self.peer,
+                header.client_id.hex(),
+                header.code,
+                err.response_code,
+                type(err).__name__,
+                err,
+                "; closing" if closing else "",
+            )
+            if self.count == REFUSALS_LOGGED_PER_CONNECTION:
+                log.warning("%s: further refusals on this connection are counted, not logged", self.peer)
+            return
+        self.unlogged += 1
+        if time.monotonic() - self._last_summary >= REFUSAL_SUMMARY_INTERVAL:
+            self.summarise()
+
+    def summarise(self) -> None:
+        """One line for the refusals not logged since the last one (and at the connection's end)."""
+        if self.unlogged:
+            log.warning(
+                "%s: %d more refusals not logged (%d on this connection)",
+                self.peer,
+                self.unlogged,
+                self.count,
+            )
+        self.unlogged = 0
+        self._last_summary = time.monotonic()
 
 
 # --- start-up ---------------------------------------------------------------
@@ -303,7 +427,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
-        help=f"connections served at once; more are closed at once (default: {DEFAULT_MAX_CONNECTIONS})",
+        help="connections served at once; when full, a new one takes the slot of the one idle "
+        f"between requests the longest, or is closed at once (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        help="connections served at once from one address (a class behind one NAT shares one); "
+        f"the same rule applies within it (default: {DEFAULT_MAX_CONNECTIONS_PER_ADDRESS})",
     )
     parser.add_argument(
         "--min-free-space",
@@ -358,6 +490,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--max-file-size must be 1..{MAX_CONTENT_SIZE_ON_WIRE}")
     if args.idle_timeout <= 0:
         parser.error("--idle-timeout must be positive")
+    if args.max_connections_per_address < 1:
+        parser.error("--max-connections-per-address must be >= 1")
     if args.min_rate < 0 or args.max_connections < 1 or args.min_free_space < 0:
         parser.error("--min-rate and --min-free-space must be >= 0, --max-connections >= 1")
     if args.registration_timeout <= 0:
@@ -417,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         min_rate=args.min_rate,
         max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
         max_file_size=args.max_file_size,
         min_free_space=args.min_free_space,
         limits=Limits(

@@ -20,7 +20,14 @@ SKIP_PIECE_SIZE = 64 * 1024
 
 
 class PeerGone(Exception):
-    """The peer closed the connection (or went silent) in the middle of a request."""
+    """The peer closed the connection (or went silent) in the middle of a request.
+
+    `missing` is how many bytes the interrupted read still expected.
+    """
+
+    def __init__(self, message: str, missing: int = 0) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class TooSlow(PeerGone):
@@ -56,7 +63,7 @@ def read_exact_into(stream: BufferedIOBase, view: memoryview, guard: RateGuard) 
     while filled < len(view):
         count = stream.readinto1(view[filled:])
         if not count:
-            raise PeerGone(f"connection closed {len(view) - filled} bytes short")
+            raise PeerGone(f"connection closed {len(view) - filled} bytes short", len(view) - filled)
         filled += count
         guard.count(count)
 
@@ -73,6 +80,19 @@ class PayloadReader:
         self._stream = stream
         self._guard = guard
         self.unread = size
+        # True once the request's end is known for sure (a 1028's head agrees with its
+        # header): a refusal then reads the rest, however large, instead of closing (§3).
+        self.framed = False
+        # Bytes added to the declared size: a 1028 that declared its head alone (§7).
+        self.head_only_size = 0
+
+    def mark_framed(self) -> None:
+        self.framed = True
+
+    def extend(self, size: int) -> None:
+        """`size` more bytes follow than the header declared (a 1028's content, §7)."""
+        self.unread += size
+        self.head_only_size += size
 
     def readinto(self, view: memoryview) -> None:
         """Fill `view` completely with the next bytes of the payload."""
@@ -94,6 +114,7 @@ class PayloadReader:
         return self.read(self.unread)
 
     def skip_rest(self) -> None:
+        """Read the rest and throw it away, under the rate guard like every read."""
         piece = memoryview(bytearray(min(self.unread, SKIP_PIECE_SIZE)))
         while self.unread:
             self.readinto(piece[: min(self.unread, len(piece))])

@@ -418,8 +418,12 @@ class RawResponse:
 class RawConnection:
     """A plain socket to the server, for tests that write exact bytes and read exact responses."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = READ_TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = READ_TIMEOUT, source: str | None = None
+    ) -> None:
+        # `source`: another loopback address (127.0.0.2) to connect from, as a second host would.
+        source_address = (source, 0) if source else None
+        self.sock = socket.create_connection(address, timeout=timeout, source_address=source_address)
         self.timeout = timeout
         self._buffer = bytearray()
 

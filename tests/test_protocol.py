@@ -178,7 +178,8 @@ def test_encrypted_size_always_pads() -> None:
         (1025, 2**32 - 1, MalformedPayload),  # the caller closes: too large to skip
         (1026, 255, MalformedPayload),
         (9999, 0, UnknownRequestCode),
-        (1028, 259, MalformedPayload),  # no content: PKCS#7 always adds a block
+        (1028, 258, MalformedPayload),  # not even the head
+        (1028, 260, MalformedPayload),  # a head and less than one block: PKCS#7 always adds one
         (1028, 259 + 16 * 1024 + 16, OverLimit),  # over the configured maximum
     ],
 )
@@ -189,10 +190,33 @@ def test_declared_sizes_are_checked_before_reading(code: int, size: int, error: 
 
 @pytest.mark.parametrize(
     ("code", "size"),
-    [(1025, 255), (1026, 415), (1027, 255), (1029, 255), (1030, 255), (1031, 255), (1028, 275)],
+    [(1025, 255), (1026, 415), (1027, 255), (1029, 255), (1030, 255), (1031, 255), (1028, 275), (1028, 259)],
 )
 def test_correct_sizes_pass(code: int, size: int) -> None:
     check_request_size(RequestHeader(CLIENT_ID, 3, code, size), max_content_size=16 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("payload_size", "content_size", "error"),
+    [
+        (259 + 32, 32, None),
+        (259, 32, None),  # the head alone declared: served, the content follows (§7)
+        (259, 0, MalformedPayload),  # both readings agree nothing follows: framed, but no file
+        (259, 20, FramingError),  # not a whole number of blocks: where it ends is unknowable
+        (259 + 32, 48, FramingError),  # header and head disagree
+        (259 + 32, 16, FramingError),
+    ],
+)
+def test_a_1028_head_settles_its_framing(
+    payload_size: int, content_size: int, error: type[Exception] | None
+) -> None:
+    head = content_size.to_bytes(4, "little") + encode_name("x.bin")
+    if error is None:
+        assert protocol.send_file_content_size(head, payload_size) == content_size
+        assert SendFileHead.unpack(head, payload_size) == SendFileHead(content_size, "x.bin")
+    else:
+        with pytest.raises(error):
+            protocol.send_file_content_size(head, payload_size)
 
 
 def test_every_error_carries_its_response_and_only_broken_framing_closes() -> None:

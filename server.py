@@ -203,7 +203,7 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         log.debug("%s connected", self.peer)
         try:
             while self._serve_one_request():
-                self.server.slots.idle(self.slot)
+                pass
         except TooSlow as err:
             log.warning("%s too slow: %s; closing", self.peer, err)
         except (PeerGone, ConnectionError) as err:
@@ -250,6 +250,10 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 f"{header.code} request",
                 missing=err.missing + payload.unread,
             ) from err
+        if keep_open:
+            # Answered: idle from now on, until the next request's first byte. Before the
+            # request's log line, so that the line shows the slot can be taken (slots.py).
+            self.server.slots.idle(self.slot)
         if payload.head_only_size and not self.warned_head_only_size:
             self.warned_head_only_size = True  # once per connection (§7)
             log.warning(

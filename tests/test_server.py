@@ -31,9 +31,9 @@ from test_conformance import expect, file_received, new_client, send_file_reques
 from test_cpp_client import (
     ClientBuild,
     ClientRun,
-    cpp_client,  # noqa: F401 (the fixture, built once per session by test_cpp_client)
     make_work_dir,
     pattern_bytes,
+    posix_client,  # noqa: F401 (the fixture: the native builds, made once per session by test_cpp_client)
     read_me_info,
     run_client,
     run_python_client,
@@ -282,6 +282,10 @@ def test_a_new_connection_takes_the_slot_of_the_longest_idle(
         first_peer = _peer(first)
         new_client(first, unique_name())
         new_client(second, unique_name())  # after first's last answer: first is idle longer
+        # Both idle, as their last requests' log lines show.
+        for peer in (first_peer, _peer(second)):
+            answered = re.compile(rf"{peer} client=\w+ code=1026 -> 2102")
+            assert wait_until(lambda: answered.search(server.log_text()))  # noqa: B023 (used at once)
         with RawConnection(server.address) as third:
             new_client(third, unique_name())
             assert first.rest_until_closed() == b"", "closed between requests, with nothing sent"
@@ -304,7 +308,11 @@ def test_one_address_is_capped_and_cannot_crowd_out_another(
             new_client(elsewhere, unique_name())
         held[0].send(rests[0])
         expect(held[0], ResponseCode.FILE_RECEIVED, "held transfer")
-        # held[0] is idle now: a third connection from its address takes its slot.
+        # held[0] is idle once its request is logged: a third connection from its address
+        # takes its slot.
+        assert wait_until(
+            lambda: re.search(rf"{_peer(held[0])} client=\w+ code=1028 -> 2103", server.log_text())
+        )
         with RawConnection(server.address) as third:
             new_client(third, unique_name())
             assert held[0].rest_until_closed() == b""
@@ -703,11 +711,11 @@ def test_the_cpp_client_retries_a_refused_1028_on_the_same_connection(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    cpp_client: ClientBuild,  # noqa: F811 (the fixture imported above)
+    posix_client: ClientBuild,  # noqa: F811 (the fixture imported above)
 ) -> None:
     """About 1 s per build (2 under ASan); the builds are test_cpp_client's, made once."""
     _refused_once_then_stored(
-        tmp_path, monkeypatch, caplog, lambda work_dir: run_client(cpp_client, work_dir)
+        tmp_path, monkeypatch, caplog, lambda work_dir: run_client(posix_client, work_dir)
     )
 
 

@@ -16,10 +16,12 @@ import argparse
 import base64
 import importlib.util
 import os
+import queue
 import re
 import socket
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +79,14 @@ MAX_CLIENT_NAME = 100  # transfer.info's limit on the name (§5)
 ATTEMPTS_PER_STEP = 4  # a step answered with 2107 is tried again up to 3 times (§6)
 SEND_ATTEMPTS = 4  # the fourth checksum mismatch ends the transfer with 1031 (§6)
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer (--timeout); the C++ client's default too
-CHUNK_SIZE = 256 * 1024  # plaintext read, checksummed and encrypted at a time (a multiple of 16)
+# Plaintext read, checksummed and encrypted at a time (a multiple of 16). 1 MiB, not the
+# server's 256 KiB: each chunk is one hand-over between the two threads of encrypt_stream, and
+# with 256 KiB they cost 0.26 s of CPU per GiB more than the serial loop (bench/README.md).
+CHUNK_SIZE = 1024 * 1024
+# From this size on a worker thread encrypts ahead of the sends (encrypt_stream); below, the
+# thread's start costs more than the overlap saves.
+PIPELINE_MIN_SIZE = 4 * CHUNK_SIZE
+PIPELINE_BUFFERS = 3  # one being sent, one ready, one being filled
 BASE64_LINE = 72  # line length of Crypto++'s Base64Encoder, which the C++ client reads
 PROGRESS_MIN_SIZE = 1024 * 1024
 
@@ -344,38 +353,104 @@ def encrypt_stream(
     key: bytes,
     write: Callable[[memoryview | bytes], object],
     progress: Callable[[int], object] | None = None,
+    *,
+    pipelined: bool | None = None,
 ) -> int:
     """Read, checksum and encrypt `size` bytes of `source` as a 1028's content, passing
     the ciphertext to `write` (which must take it whole); return the cksum of the plaintext.
 
-    One buffer, encrypted in place, no allocation per chunk; it has one
-    block of slack past the chunk, which OpenSSL's encryption wants
-    (CbcEncryptor). CBC encryption is sequential and still the client's
-    largest cost (OpenSSL: ~1.3 GB/s on one core here); a second thread
-    to overlap it with the reads and sends cost more CPU than it saved on
-    two cores (measured with pycryptodome's slower CBC, README "Performance").
+    The last chunk carries the padded final block, so a file of up to one
+    chunk is one call of `write`. Pipelined (the default from PIPELINE_MIN_SIZE
+    on), a worker thread reads, checksums and encrypts the next chunks while
+    this thread writes the previous one: OpenSSL's CBC (the client's largest
+    cost) and anycrc release the GIL, and so does the socket's send, so the
+    two overlap on two cores. An error in the worker (the file shrank, a read
+    failed) is raised here; an error in `write` stops the worker.
     """
-    encryptor = CbcEncryptor(key)
-    checksum = Cksum()
-    buffer = memoryview(bytearray(min(CHUNK_SIZE, size) + CbcEncryptor.SLACK))
-    remaining = size
-    tail = b""  # the last 0..15 bytes, padded by encrypt_final
-    while remaining:
-        length = min(CHUNK_SIZE, remaining)
+    plan = _chunk_plan(size)
+    if pipelined is None:
+        pipelined = size >= PIPELINE_MIN_SIZE
+    chunks = _ChunkEncryptor(source, key)
+    if not pipelined:
+        buffer = memoryview(bytearray(min(CHUNK_SIZE, size) + CbcEncryptor.SLACK))
+        for length, last in plan:
+            write(buffer[: chunks.fill(buffer, length, last)])
+            if progress:
+                progress(length)
+        return chunks.checksum.value
+    _pipeline(chunks, plan, write, progress)
+    return chunks.checksum.value
+
+
+def _chunk_plan(size: int) -> list[tuple[int, bool]]:
+    """(plaintext length, is last) of each chunk: whole CHUNK_SIZEs, then the rest (maybe 0 bytes),
+    which the padded final block follows."""
+    return [(CHUNK_SIZE, False)] * (size // CHUNK_SIZE) + [(size % CHUNK_SIZE, True)]
+
+
+class _ChunkEncryptor:
+    """Reads, checksums and encrypts a stream chunk by chunk, each into a buffer it is given."""
+
+    def __init__(self, source: BufferedIOBase, key: bytes) -> None:
+        self.source = source
+        self.encryptor = CbcEncryptor(key)
+        self.checksum = Cksum()
+
+    def fill(self, buffer: memoryview, length: int, last: bool) -> int:
+        """Read `length` bytes into `buffer` and encrypt them in place; the number of
+        ciphertext bytes now in it. `buffer` has CbcEncryptor.SLACK bytes past `length`:
+        the last chunk's padded final block goes there (PKCS#7 always adds 1 to 16 bytes)."""
         chunk = buffer[:length]
-        _read_into(source, chunk)
-        remaining -= length
-        checksum.update(chunk)
-        # Every chunk but the last is a whole number of blocks (CHUNK_SIZE is).
-        whole = length - length % AES_BLOCK_SIZE
-        if whole != length:
-            tail = bytes(chunk[whole:])
-        encryptor.encrypt_in_place(buffer, whole)
-        write(buffer[:whole])
-        if progress:
-            progress(length)
-    write(encryptor.encrypt_final(tail))
-    return checksum.value
+        _read_into(self.source, chunk)
+        self.checksum.update(chunk)
+        whole = length - length % AES_BLOCK_SIZE  # every chunk but the last is whole blocks
+        tail = bytes(chunk[whole:])
+        self.encryptor.encrypt_in_place(buffer, whole)
+        if not last:
+            return whole
+        buffer[whole : whole + AES_BLOCK_SIZE] = self.encryptor.encrypt_final(tail)
+        return whole + AES_BLOCK_SIZE
+
+
+def _pipeline(
+    chunks: _ChunkEncryptor,
+    plan: list[tuple[int, bool]],
+    write: Callable[[memoryview | bytes], object],
+    progress: Callable[[int], object] | None,
+) -> None:
+    """Fill chunks in a worker thread, write them in this one, through PIPELINE_BUFFERS buffers."""
+    free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()  # None: stop
+    for _ in range(PIPELINE_BUFFERS):
+        free.put(memoryview(bytearray(CHUNK_SIZE + CbcEncryptor.SLACK)))
+    # A filled buffer with its ciphertext and plaintext lengths; None when all are done;
+    # the exception that stopped the worker.
+    ready: queue.SimpleQueue[tuple[memoryview, int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for length, last in plan:
+                buffer = free.get()
+                if buffer is None:
+                    return
+                ready.put((buffer, chunks.fill(buffer, length, last), length))
+            ready.put(None)
+        except BaseException as err:  # raised again in the writing thread
+            ready.put(err)
+
+    worker = threading.Thread(target=produce, name="encrypt-stream", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            buffer, ciphertext_length, length = item
+            write(buffer[:ciphertext_length])
+            free.put(buffer)
+            if progress:
+                progress(length)
+    finally:
+        free.put(None)  # the worker stops at its next chunk (it is done, or this thread failed)
+        worker.join()
 
 
 def _read_into(source: BufferedIOBase, view: memoryview) -> None:

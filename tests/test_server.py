@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -811,3 +812,30 @@ def test_an_interrupted_request_logs_the_bytes_missing_from_the_whole_request(
     assert wait_until(
         lambda: f"{peer} went away: connection closed {missing} bytes short of the end" in server.log_text()
     )
+
+
+def test_a_slot_is_given_back_before_the_socket_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique_name: NameFactory
+) -> None:
+    """What the client sees (the close) must come after the slot is free, or a client that
+    reconnects at once is refused (issue 10, point 4). Deterministic: the slots are counted
+    at the moment the server closes the socket."""
+    running = _InProcessServer(tmp_path, max_connections=1)
+    open_at_close: list[int] = []
+    original = server_module.FileTransferServer.shutdown_request
+
+    def counting(self: server_module.FileTransferServer, request: object) -> None:
+        open_at_close.append(len(self.slots))
+        original(self, request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server_module.FileTransferServer, "shutdown_request", counting)
+    try:
+        with RawConnection(running.address) as conn:
+            new_client(conn, unique_name())
+            conn.sock.shutdown(socket.SHUT_WR)
+            assert conn.is_closed()
+        assert open_at_close == [0]
+        with RawConnection(running.address) as conn:  # and so the next one is served
+            new_client(conn, unique_name())
+    finally:
+        running.close()

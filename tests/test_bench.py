@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import run as bench_run
+from bench.cpu import process_cpu_seconds, tree_cpu_seconds
 from bench.processes import OurServer, find_sshd, scp_target
 from bench.report import MIB, BenchResults, SizeResult, size_label
-from bench.workloads import PythonSender, make_file, percentile, scp_send
+from bench.workloads import PythonSender, Timing, make_file, percentile, scp_send
 from crypto_utils import generate_rsa_key
 
 
@@ -122,3 +125,35 @@ def test_server_timing_of_a_send(tmp_path: Path) -> None:
         finally:
             sender.close()
         assert len(server.send_file_ms(sender.client.client_id)) == 1
+
+
+def test_cpu_seconds_of_a_process_tree() -> None:
+    """A child that burns CPU and has a child of its own burning too: both are counted."""
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    script = f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', {burn!r}])\n{burn}"
+    script += "print('done', flush=True)\nsys.stdin.read()\nchild.wait()\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "done\n"
+        own = process_cpu_seconds(parent.pid)
+        assert own >= 0.25
+        assert tree_cpu_seconds(parent.pid) >= own + 0.1  # the grandchild's, alive or reaped
+    finally:
+        parent.communicate("")
+    assert process_cpu_seconds(parent.pid) == 0.0  # gone
+
+
+def test_cpu_per_gib_is_a_median_scaled_to_a_gib() -> None:
+    entry = SizeResult(512 * MIB)
+    for client, server in ((1.0, 0.5), (3.0, 0.4), (2.0, 0.6)):
+        entry.record("python", Timing(1.0, client, server))
+    assert entry.cpu_per_gib("python", "client") == pytest.approx(4.0)
+    assert entry.cpu_per_gib("python", "server") == pytest.approx(1.0)
+    assert entry.cpu_per_gib("python", "total") == pytest.approx(5.2)  # median of the sums
+    assert entry.cpu_per_gib("scp", "client") is None
+    assert (
+        SizeResult(MIB, python_client_cpu=[1.0], python_server_cpu=[1.0]).cpu_per_gib("python", "total")
+        is None
+    )

@@ -64,6 +64,7 @@ class OurServer:
     data_dir: Path
     python: str = sys.executable
     server_py: Path = SERVER_PY  # another tree's server.py, for an A/B run (bench/ab.py)
+    options: tuple[str, ...] = ()  # more command-line options of server.py
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -78,7 +79,7 @@ class OurServer:
     def __enter__(self) -> OurServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [self.python, str(self.server_py), "--host", LOOPBACK, "--port", "0"]
-        command += ["--data-dir", str(self.data_dir), "--log-level", "INFO"]
+        command += ["--data-dir", str(self.data_dir), "--log-level", "INFO", *self.options]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT

@@ -185,7 +185,10 @@ def run(args: argparse.Namespace) -> BenchResults:
             _say(f"{args.clients} concurrent clients, {size_label(args.client_size)} each")
             source = work / "concurrent.bin"
             make_file(source, args.client_size)
-            with OurServer(work / "server-concurrent") as server:
+            # All the clients come from 127.0.0.1: the server's limit per address must let them in.
+            limits = ["--max-connections", str(max(200, args.clients))]
+            limits += ["--max-connections-per-address", str(args.clients)]
+            with OurServer(work / "server-concurrent", options=tuple(limits)) as server:
                 results.concurrency = concurrent_clients(server, args.clients, source, rsa_key)
                 results.concurrency_peak_rss_kib = server.peak_rss_kib()
         if args.key_exchanges:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import RSA_KEY
 from support import NoResponse, RawConnection, ServerProcess
-from test_conformance import expect, send_file_request
 
 from crypto_utils import export_public_key, unwrap_aes_key
+from grading.wire import expect, send_file_request
 from protocol import AesKeyResponse, RequestCode, ResponseCode, encode_name, pack_request
 
 pytestmark = pytest.mark.usefixtures("ours")  # SIGKILL and restarts need a server of our own

@@ -2,7 +2,7 @@
 
 No socket and no server process: a real Database and FileStore on `tmp_path`, the payload
 in a BytesIO behind the same PayloadReader the server uses. Among the fast tests mutmut
-runs (docs/testing.md); the same behaviours are tested end to end in test_conformance.py.
+runs (docs/testing.md); the same behaviours are tested end to end in the grading checks (grading/checks/).
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import pytest
 from conftest import RSA_KEY
 from support import READ_TIMEOUT, RawConnection, ServerProcess
-from test_conformance import expect, new_client, register, send_file_request
 
 from crypto_utils import export_public_key
+from grading.wire import expect, new_client, register, send_file_request
 from protocol import RequestCode, ResponseCode, encode_name, pack_request
 
 pytestmark = pytest.mark.usefixtures("ours")  # reads and writes our database's LastSeen

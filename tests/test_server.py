@@ -28,7 +28,7 @@ import pytest
 from conftest import RSA_KEY, ServerFactory
 from Crypto.Cipher import AES
 from support import REPO_ROOT, RawConnection, ServerProcess, free_port, wait_until
-from test_conformance import expect, file_received, new_client, send_file_request
+from grading.wire import expect, file_received, new_client, send_file_request
 from test_cpp_client import (
     ClientBuild,
     ClientRun,

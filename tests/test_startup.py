@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from conftest import RSA_KEY, ServerFactory
 from support import REPO_ROOT, RawConnection, ServerProcess, ServerStartError, wait_until
-from test_conformance import expect, new_client, send_file_request
 
 import handlers
 import server as server_module
 from crypto_utils import encrypt, export_public_key, unwrap_aes_key
 from database import Database, LimitReached, Limits
+from grading.wire import expect, new_client, send_file_request
 from protocol import (
     RequestCode,
     RequestHeader,

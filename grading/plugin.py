@@ -329,7 +329,11 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
         nest = tmp_path / "a" / "b"  # two levels inside tmp_path: an escape by ../../ stays visible
         if target.ours and not foreign:
             process = ServerProcess(
-                REPO_ROOT, nest / f"data{index}", extra_args=extra_args or [], record_writes=record_writes
+                # tmp_path/dataN: tests of our own server prepare that folder before it starts.
+                REPO_ROOT,
+                tmp_path / f"data{index}",
+                extra_args=extra_args or [],
+                record_writes=record_writes,
             )
             process.start()
             started.append(process)
@@ -534,7 +538,7 @@ class Collector:
         target = target_of(self.config)
         if tmp_path is not None:
             message = re.sub(re.escape(str(tmp_path)) + r"/a/b/submission\d+", "<submission>", message)
-            message = re.sub(re.escape(str(tmp_path)) + r"/a/b/data\d+", "<data>", message)
+            message = re.sub(re.escape(str(tmp_path)) + r"/data\d+", "<data>", message)
             message = message.replace(str(tmp_path), "<tmp>")
         if target.folder is not None:
             message = message.replace(str(target.folder), "<submission>")

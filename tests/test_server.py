@@ -28,7 +28,6 @@ import pytest
 from conftest import RSA_KEY, ServerFactory
 from Crypto.Cipher import AES
 from support import REPO_ROOT, RawConnection, ServerProcess, free_port, wait_until
-from grading.wire import expect, file_received, new_client, send_file_request
 from test_cpp_client import (
     ClientBuild,
     ClientRun,
@@ -45,6 +44,7 @@ import server as server_module
 from client import FileTransferClient
 from crypto_utils import cksum, encrypt, export_public_key, generate_rsa_key
 from forgeries import DecryptionFailures
+from grading.wire import expect, file_received, new_client, send_file_request
 from protocol import (
     RequestCode,
     RequestHeader,

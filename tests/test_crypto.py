@@ -249,3 +249,9 @@ def test_garbage_public_keys_are_refused(der: bytes) -> None:
 def test_a_private_key_in_the_public_key_field_is_refused() -> None:
     with pytest.raises(CryptoError):
         import_public_key(RSA_KEY.export_key("DER"))
+
+
+@pytest.mark.parametrize("tail", [16, 17])
+def test_the_tail_must_be_shorter_than_a_block(tail: int) -> None:
+    with pytest.raises(ValueError, match="shorter than one block"):
+        CbcEncryptor(KEY).encrypt_final(bytes(tail))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from database import ClientRecord, ConstraintViolation, Database, FileRecord, LimitReached, Limits
+from database import ClientRecord, ConstraintViolation, Database, FileRecord, LimitReached, Limits, _timestamp
 
 
 @pytest.fixture
@@ -205,3 +205,9 @@ def test_records_whose_files_are_gone_are_forgotten(db: Database) -> None:
     db.delete_files_by_path({"storage/a", "storage/c"})
     assert db.path_names() == {"storage/b"}
     assert db.count_clients() == 1
+
+
+def test_last_seen_has_one_text_form_in_utc() -> None:
+    # Text order is time order only if every LastSeen has this one form.
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    assert _timestamp(moment) == "2026-01-02 03:04:05+00:00"

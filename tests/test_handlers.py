@@ -19,7 +19,7 @@ import pytest
 
 import handlers
 from crypto_utils import cksum, encrypt, export_public_key, generate_rsa_key, unwrap_aes_key
-from database import Database
+from database import Database, LimitReached, Limits
 from handlers import CHUNK_SIZE, HANDLERS, RequestContext
 from protocol import (
     AesKeyResponse,
@@ -48,8 +48,8 @@ PUBLIC_KEY = export_public_key(RSA_KEY)
 class Server:
     """The state a handler works on, and a way to call one as the connection loop does."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.db = Database(data_dir / "defensive.db")
+    def __init__(self, data_dir: Path, limits: Limits | None = None) -> None:
+        self.db = Database(data_dir / "defensive.db", limits)
         self.store = FileStore(data_dir, min_free_space=0)
 
     def context(
@@ -443,3 +443,74 @@ def test_one_clients_1031_leaves_another_clients_file_of_that_name(server: Serve
     record = server.db.get_file(bob, "x.bin")
     assert record is not None and (server.store.data_dir / record.path_name).read_bytes() == b"bob's"
     assert record.path_name.startswith(f"storage/{bob.hex()}/")
+
+
+def test_1027_that_finds_its_half_registration_completed_meanwhile_reconnects(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1026 of the same client, racing, completes the key exchange between the 1027's read
+    of the record and its attempt to drop the half registration (§2 1027)."""
+    reply = server.call(RequestCode.REGISTER, bytes(16), encode_name("alice"))
+    assert reply is not None
+    client_id = reply[1]
+
+    def completed_meanwhile(candidate: bytes) -> bool:
+        assert server.db.set_keys(candidate, "alice", PUBLIC_KEY, bytes(16))
+        return False
+
+    monkeypatch.setattr(server.db, "delete_incomplete_client", completed_meanwhile)
+    reply = server.call(RequestCode.RECONNECT, client_id, encode_name("alice"))
+    assert reply is not None and reply[0] == ResponseCode.RECONNECTED
+    new_key = unwrap_aes_key(RSA_KEY, AesKeyResponse.unpack(reply[1]).encrypted_key)
+    record = server.db.get_client(client_id)
+    assert record is not None and record.aes_key == new_key
+
+
+@pytest.mark.parametrize("meanwhile", ["expired", "still without a key"])
+def test_1027_whose_half_registration_went_or_stayed_is_denied(
+    server: Server, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    reply = server.call(RequestCode.REGISTER, bytes(16), encode_name("alice"))
+    assert reply is not None
+    client_id = reply[1]
+
+    def not_dropped(candidate: bytes) -> bool:
+        if meanwhile == "expired":
+            server.db._execute("DELETE FROM clients WHERE ID = ?", (candidate,))
+        return False
+
+    monkeypatch.setattr(server.db, "delete_incomplete_client", not_dropped)
+    assert server.call(RequestCode.RECONNECT, client_id, encode_name("alice")) == (
+        ResponseCode.RECONNECT_DENIED,
+        client_id,
+    )
+
+
+def test_1028_over_the_files_per_client_limit_is_refused_before_its_content(tmp_path: Path) -> None:
+    server = Server(tmp_path, Limits(max_files_per_client=1))
+    client_id, aes_key = server.registered()
+    server.send_file(client_id, aes_key, "one.bin", b"1")
+    ciphertext = encrypt(aes_key, b"2")
+    context = server.context(
+        RequestCode.SEND_FILE, client_id, SendFileHead(16, "two.bin").pack() + ciphertext
+    )
+    with pytest.raises(LimitReached):
+        handlers.handle_send_file(context)
+    assert context.payload.unread == 16
+    assert server.send_file(client_id, aes_key, "one.bin", b"again") is not None, "a replacement is fine"
+
+
+def test_a_file_whose_record_fails_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server(tmp_path)
+    client_id, aes_key = server.registered()
+
+    def full(*args: object) -> None:
+        raise LimitReached("the most files")
+
+    monkeypatch.setattr(server.db, "put_file", full)
+    ciphertext = encrypt(aes_key, b"content")
+    with pytest.raises(LimitReached):
+        HANDLERS[RequestCode.SEND_FILE](
+            server.context(RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext)
+        )
+    assert server.stored() == []

@@ -302,3 +302,20 @@ def test_valid_lengths_with_random_content_decode_or_raise(decoder: object, data
     size = data.draw(st.sampled_from([7, 16, 23, 144, 255, 259, 279, 415]))
     with contextlib.suppress(ProtocolError):
         decoder(data.draw(st.binary(min_size=size, max_size=size)))
+
+
+def test_pack_request_frames_a_request() -> None:
+    # §1: client ID(16), version 3, code 1025 little-endian, payload size 2, then the payload.
+    raw = protocol.pack_request(CLIENT_ID, RequestCode.REGISTER, b"ab")
+    assert raw == CLIENT_ID + bytes.fromhex("03 0104 02000000") + b"ab"
+
+
+def test_encode_name_refuses_a_nul_inside() -> None:
+    with pytest.raises(ValueError, match="contains NUL"):
+        encode_name("a\0b")
+
+
+def test_the_largest_1028_allowed_passes() -> None:
+    check_request_size(RequestHeader(CLIENT_ID, 3, RequestCode.SEND_FILE, 259 + 1024), 1024)
+    with pytest.raises(protocol.OverLimit):
+        check_request_size(RequestHeader(CLIENT_ID, 3, RequestCode.SEND_FILE, 259 + 1040), 1024)

@@ -510,3 +510,13 @@ def test_make_private_sets_the_mode_and_leaves_a_link_alone(tmp_path: Path) -> N
     make_private(link, 0o600)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     make_private(tmp_path / "missing", 0o600)  # warned, not raised
+
+
+def test_a_one_character_suffix_is_kept_too() -> None:
+    assert safe_base_name("s" * 300 + ".c") == "s" * (MAX_STORED_BASE_NAME - 2) + ".c"
+
+
+def test_reconcile_skips_a_file_named_like_a_client_folder(store: FileStore) -> None:
+    (store.root / CLIENT.hex()).write_bytes(b"not a folder")
+    assert store.reconcile(set()) == set()
+    assert (store.root / CLIENT.hex()).read_bytes() == b"not a folder"

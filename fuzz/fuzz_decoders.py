@@ -57,6 +57,7 @@ from protocol import (
     CLIENT_ID_SIZE,
     ENCRYPTED_AES_KEY_SIZE,
     FIXED_REQUEST_PAYLOAD_SIZES,
+    HEAD_ONLY_PAYLOAD_SIZE,
     MAX_CONTENT_SIZE_ON_WIRE,
     MAX_DISCARDED_PAYLOAD,
     NAME_FIELD_SIZE,
@@ -177,7 +178,11 @@ class Targets:
         """1028's head against the header's payload size (§2), then where the file would go."""
         payload_size, raw = u32(data)
         head = SendFileHead.unpack(raw, payload_size)
-        check(head.content_size == payload_size - SEND_FILE_HEAD.size, "content size disagrees")
+        if payload_size == HEAD_ONLY_PAYLOAD_SIZE:
+            # The 259 extension (§7): the head's own Content size frames the stream.
+            check(head.content_size == u32(raw)[0], "259-byte 1028 lost its content size")
+        else:
+            check(head.content_size == payload_size - SEND_FILE_HEAD.size, "content size disagrees")
         check(head.content_size % AES_BLOCK_SIZE == 0, "content is not whole blocks")
         self._check_name(head.file_name, raw[4:])
         self._check_stored_path(head.file_name)
@@ -193,25 +198,28 @@ class Targets:
         while len(raw_header := stream.read(REQUEST_HEADER.size)) == REQUEST_HEADER.size:
             header = RequestHeader.unpack(raw_header)
             start = stream.tell()
+            length = header.payload_size
             try:
                 check_request_size(header, MAX_CONTENT_SIZE_ON_WIRE)
-                self._decode_payload(RequestCode(header.code), header, stream)
+                length = self._decode_payload(RequestCode(header.code), header, stream)
             except RequestError as err:
                 unread = header.payload_size - (stream.tell() - start)
                 if err.closes_connection or unread > MAX_DISCARDED_PAYLOAD:
                     return
-            stream.seek(start + header.payload_size)
+            stream.seek(start + length)
         if raw_header:
             RequestHeader.unpack(raw_header)  # a truncated header: FramingError
 
-    def _decode_payload(self, code: RequestCode, header: RequestHeader, stream: io.BytesIO) -> None:
+    def _decode_payload(self, code: RequestCode, header: RequestHeader, stream: io.BytesIO) -> int:
+        """Decode one request's payload; returns its length on the wire."""
         if code is RequestCode.SEND_FILE:
             head = SendFileHead.unpack(stream.read(SEND_FILE_HEAD.size), header.payload_size)
             self._check_stored_path(head.file_name)
-            return
+            # The head's Content size frames it, also when the header declares 259 (§7).
+            return SEND_FILE_HEAD.size + head.content_size
         payload = stream.read(header.payload_size)
         if len(payload) < header.payload_size:
-            return  # the peer closed mid-payload: the server drops the connection
+            return header.payload_size  # the peer closed mid-payload: the stream ends here
         if code in (RequestCode.REGISTER, RequestCode.RECONNECT):
             self._check_name(NameRequest.unpack(payload).name, payload)
         elif code is RequestCode.PUBLIC_KEY:
@@ -219,6 +227,7 @@ class Targets:
         else:
             request = NameRequest.unpack(payload)
             self._check_name(request.name, payload)
+        return header.payload_size
 
     # --- responses (what the clients decode) ------------------------------------
 

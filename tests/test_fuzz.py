@@ -361,12 +361,47 @@ def test_decoder_fuzzer_smoke_run_with_atheris(tmp_path: Path) -> None:
 def test_decoder_fuzzer_smoke_run_without_atheris(tmp_path: Path) -> None:
     """The plain random loop, which runs where atheris is not installed: no finding, exit 0."""
     result = subprocess.run(
-        [sys.executable, str(FUZZER), "--plain", "--runs", "20000", "--artifacts", str(tmp_path)],
+        # A fixed seed: the same 20,000 inputs on every run (the default seed is the clock).
+        [
+            sys.executable,
+            str(FUZZER),
+            "--plain",
+            "--runs",
+            "20000",
+            "--seed",
+            "1",
+            "--artifacts",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "20000 inputs" in result.stdout
+    assert "20000 inputs, seed 1" in result.stdout
     assert not list(tmp_path.glob("crash-*"))
+
+
+# A CI finding (a clock-seeded run): the send_file_head target fed a 1028 whose header
+# declares 259, the head alone, and whose head declares 32 bytes of content. The server
+# serves it (§7); the model used to call the two sizes a disagreement.
+HEAD_ONLY_1028_FINDING = (
+    bytes([6])  # the selector byte: Targets.table[6], send_file_head
+    + (259).to_bytes(4, "little")  # the header's payload size
+    + (32).to_bytes(4, "little")  # the head's Content size
+    + b"bob".ljust(255, b"\0")  # File Name
+)
+
+
+def test_decoder_fuzzer_models_the_259_byte_1028(tmp_path: Path) -> None:
+    finding = tmp_path / "crash-head-only"
+    finding.write_bytes(HEAD_ONLY_1028_FINDING)
+    result = subprocess.run(
+        [sys.executable, str(FUZZER), "--replay", str(finding)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]

@@ -146,6 +146,42 @@ def test_a_missing_package_is_one_line_naming_it_and_the_install_command(
     )
 
 
+def test_the_cpp_build_without_crypto_pp_is_one_line_naming_the_package(tmp_path: Path) -> None:
+    """The C++ client's missing library: CMake stops with the package to apt-get (or vcpkg).
+
+    Crypto++ is hidden by rooting every library, header and package search in an empty
+    folder; Boost's headers are named directly, so Crypto++ is the first thing missing.
+    """
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    result = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(REPO_ROOT / "client"),
+            "-B",
+            str(tmp_path / "build"),
+            "-DCLIENT_BOOST_INCLUDE_DIR=/usr/include",
+            f"-DCMAKE_FIND_ROOT_PATH={empty}",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    # CMake wraps the message; its words, joined again, are the one line of CMakeLists.txt.
+    message = " ".join(result.stderr.split())
+    assert (
+        "Crypto++ not found. On Debian/Ubuntu: apt-get install libcrypto++-dev; with vcpkg: "
+        "vcpkg install cryptopp (and pass the vcpkg toolchain file)." in message
+    ), result.stderr
+
+
 def test_the_install_command_inside_a_virtual_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a venv the advice installs into it, with paths as typed from the repository folder."""
     monkeypatch.chdir(REPO_ROOT)

@@ -105,9 +105,13 @@ RESPONSE_PAYLOAD_SIZES: dict[ResponseCode, int] = {
 #   |   +-- UnknownFile          a 1029 for a file that is not stored
 #   |   +-- KeyAlreadySet        a 1026 with a different public key for a keyed client
 #   |   +-- OverLimit            over a configured limit (--max-file-size, ...)
+#   |   |   +-- LimitReached         (database.py) a change over the database's Limits
 #   |   +-- Throttled            too many failed 1028s for one client ID (SECURITY.md §4)
 #   +-- ServerFailure        the server could not carry out a valid request
-#       +-- StorageError (storage.py), DatabaseError (database.py)
+#       +-- StorageError         (storage.py) a file cannot be stored
+#       |   +-- ShuttingDown         (storage.py) a 1028 after shutdown began: 2107, and closes
+#       +-- DatabaseError        (database.py)
+#           +-- ConstraintViolation  (database.py) a taken name, a file of a client that is gone
 
 
 class RequestError(Exception):

@@ -133,7 +133,8 @@ def options_from(argv: Sequence[str]) -> Options:
     out = Path(args.out).absolute()
     _check_writable(out, args.out)
     options = Options(folders, out, python, args.entry, client_exe, args.jobs, args.keyword)
-    _check_the_checks(options)
+    if options.keyword is not None:
+        _check_the_selection(options)
     return options
 
 
@@ -170,8 +171,8 @@ def _check_writable(out: Path, text: str) -> None:
         raise UsageProblem(f"--out {text}: cannot write there ({err.strerror or err})") from None
 
 
-def _check_the_checks(options: Options) -> None:
-    """The checks collect in this interpreter, and -k selects at least one."""
+def _check_the_selection(options: Options) -> None:
+    """-k selects at least one check (and the checks collect in this interpreter)."""
     command = [*_pytest(options), "--collect-only"]
     try:
         collected = subprocess.run(  # noqa: S603  # this interpreter's pytest

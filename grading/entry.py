@@ -54,7 +54,7 @@ def find_entry(folder: Path, named: str | None = None) -> EntryPoint:
             return EntryPoint(Path(named).as_posix(), "named with --entry")
         return EntryPoint(None, problem=f"there is no {named} in it (--entry)")
     if (folder / DEFAULT_ENTRY).is_file():
-        return EntryPoint(DEFAULT_ENTRY, "the usual server.py")
+        return EntryPoint(DEFAULT_ENTRY, "the usual name")
     return _discovered(folder)
 
 

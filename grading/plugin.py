@@ -168,7 +168,7 @@ def _target(config: pytest.Config) -> Target:
     except ValueError as err:
         _usage(f"--server-python {err}")
     folder = None
-    entry = EntryPoint(DEFAULT_ENTRY, "the usual server.py")
+    entry = EntryPoint(DEFAULT_ENTRY, "the usual name")
     if folder_text is not None:
         folder = Path(folder_text).absolute()
         if not folder.is_dir():

@@ -198,8 +198,12 @@ def grading_pytest_of(batch_pid: int, name: str) -> int | None:
 # --- the batch runs, started together -------------------------------------------------------
 
 
-def _kill_pytest_when_listening(run: BatchRun, name: str) -> None:
-    """A grading pytest that dies (the OOM killer, a crash): SIGKILL once its server listens."""
+def _signal_when_listening(run: BatchRun, name: str, signum: int, to_the_batch: bool) -> None:
+    """Once the server of `name` listens: `signum` to the batch, or to its grading pytest.
+
+    The pytest killed: a grading run that dies (the OOM killer, a crash). What was seen and
+    signalled goes into `run.seen`.
+    """
     work = run.out / ".work" / name
 
     def server_listens() -> bool:
@@ -213,7 +217,15 @@ def _kill_pytest_when_listening(run: BatchRun, name: str) -> None:
     pytest_pid = grading_pytest_of(run.process.pid, name)
     if pytest_pid is not None:
         run.seen["pytest"] = pytest_pid
-        os.kill(pytest_pid, signal.SIGKILL)
+        os.kill(run.process.pid if to_the_batch else pytest_pid, signum)
+
+
+def _watched(run: BatchRun, name: str, signum: int, to_the_batch: bool) -> BatchRun:
+    run.watcher = threading.Thread(
+        target=_signal_when_listening, args=(run, name, signum, to_the_batch), daemon=True
+    )
+    run.watcher.start()
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +259,15 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Batc
         'import socket\n\nif __name__ == "__main__":\n    socket.create_connection(("x", 1))\n'
     )
     run = start_batch(failing, "gina", "twins", "notes", "--out", "out", "-k", SELECTION)
-    run.watcher = threading.Thread(target=_kill_pytest_when_listening, args=(run, "gina"), daemon=True)
-    run.watcher.start()
-    runs["failing"] = run
+    runs["failing"] = _watched(run, "gina", signal.SIGKILL, to_the_batch=False)
+    # Batches stopped while a server runs: the first submission's hangs (its check waits), the
+    # second is never graded. No -k: the first check is §1 version.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        stopped = tmp_path_factory.mktemp(signal.Signals(signum).name)
+        copy_of_ours(stopped / "hangs", HANG)
+        copy_of_ours(stopped / "later")
+        run = start_batch(stopped, "hangs", "later", "--out", "out")
+        runs[signal.Signals(signum).name] = _watched(run, "hangs", signum, to_the_batch=True)
     yield runs
     for run in runs.values():
         if run.process.poll() is None:
@@ -392,29 +410,15 @@ def test_a_server_left_by_a_dead_grading_run_is_killed(batches: dict[str, BatchR
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stopped_batch_leaves_no_server_running(tmp_path: Path, signum: int) -> None:
-    copy_of_ours(tmp_path / "hangs", HANG)
-    copy_of_ours(tmp_path / "later")
-    run = start_batch(tmp_path, "hangs", "later", "--out", "out", "-k", "s1_responses")
-    work = run.out / ".work" / "hangs"
-    try:
-        assert wait_until(lambda: listening_server(work) is not None, timeout=BATCH_TIMEOUT / 2), (
-            "the submission's server never listened"
-        )
-        server = listening_server(work)
-        grading = grading_pytest_of(run.process.pid, "hangs")
-        assert server is not None and grading is not None
-        run.process.send_signal(signum)
-        status = run.wait()
-    finally:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.process.communicate()
+def test_a_stopped_batch_leaves_no_server_running(batches: dict[str, BatchRun], signum: int) -> None:
+    run = batches[signal.Signals(signum).name]
+    status = run.wait()
+    assert {"server", "pytest"} <= set(run.seen), "the watcher saw the server listen, then signalled"
     assert status == 128 + signum, f"{run.stdout}\n{run.stderr}"
     assert f"stopped by {signal.Signals(signum).name}: stopping every grading run" in run.stdout
-    assert not alive(grading), "the grading pytest is stopped"
-    assert not alive(server), "the submission's server is stopped"
-    assert processes_under(tmp_path) == []
+    assert not alive(run.seen["pytest"]), "the grading pytest is stopped"
+    assert not alive(run.seen["server"]), "the submission's server is stopped"
+    assert processes_under(run.cwd) == []
     rows = {row["submission"]: row for row in run.csv_rows()}
     assert rows["later"]["result"] == "error"
     assert rows["later"]["message"] == "the batch was stopped before this submission was graded"

@@ -44,7 +44,7 @@ from grading.report import SubmissionResult, summary_markdown, write_csv, write_
 PROG = "python -m grading"
 WORK_DIR = ".work"  # inside --out: each submission's pytest output, result.json and temporary folders
 STOP_GRACE = 5.0  # seconds a grading run gets to stop its servers after SIGTERM, before SIGKILL
-PROBE_TIMEOUT = 30.0  # seconds for `PY -c pass` and for collecting the checks
+PROBE_TIMEOUT = 120.0  # seconds for `PY -c pass` and for collecting the checks (a loaded machine)
 RESERVED_NAMES = frozenset({"summary", WORK_DIR})  # names of the batch's own files in --out
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphaned descendants are re-parented to this process
 NO_TESTS_COLLECTED = 5  # pytest's exit status when nothing is selected

@@ -273,6 +273,8 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Batc
         if run.process.poll() is None:
             run.process.kill()
         run.process.communicate()
+        for pid in processes_under(run.cwd):  # what a failing test found left running
+            os.kill(pid, signal.SIGKILL)
 
 
 LISTENS = 'import socket\n\nif __name__ == "__main__":\n    socket.create_server(("127.0.0.1", 0)).accept()\n'

@@ -15,6 +15,7 @@ folders. The three batch runs go in parallel; the file takes about a minute.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import re
@@ -598,3 +599,23 @@ def test_entry_discovery_says_what_is_ambiguous(tmp_path: Path) -> None:
         'found: named main or server, among the 3 modules with an `if __name__ == "__main__":` guard that '
         "bind a socket (a.py, b.py, main.py)"
     )
+
+
+# --- the documentation ------------------------------------------------------------------------
+
+
+def test_the_docs_list_exactly_the_non_strict_points() -> None:
+    """docs/grading.md's lists of non-strict points are the checks marked strict=False."""
+    marked = set()
+    for path in sorted((REPO_ROOT / "grading" / "checks").glob("test_*.py")):
+        module = importlib.import_module(f"grading.checks.{path.stem}")
+        for name, function in vars(module).items():
+            for mark in getattr(function, "pytestmark", []) if name.startswith("test_") else []:
+                if mark.name == "spec" and mark.kwargs.get("strict", True) is False:
+                    marked.add(str(mark.args[0]))
+    assert marked, "some check is non-strict"
+    text = (REPO_ROOT / "docs" / "grading.md").read_text(encoding="utf-8")
+    bullets = re.findall(r"^- \*\*Non-strict points\*\*.*?(?=^- |^$)", text, flags=re.M | re.S)
+    assert len(bullets) == 2, "the batch command's section and the checks' section"
+    for bullet in bullets:
+        assert set(re.findall(r"`(§[^`]+)`", bullet)) == marked, bullet

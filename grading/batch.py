@@ -108,34 +108,44 @@ def options_from(argv: Sequence[str]) -> Options:
     args = parser().parse_args(argv)
     if args.jobs < 1:
         raise UsageProblem(f"--jobs {args.jobs}: at least 1")
-    folders = [Path(text).absolute() for text in args.folders]
-    for text, folder in zip(args.folders, folders, strict=True):
-        if not folder.is_dir():
-            raise UsageProblem(f"{text}: no such folder")
-        if args.entry is not None and not (folder / args.entry).is_file():
-            raise UsageProblem(f"{text}: there is no {args.entry} in it (--entry)")
-    names: dict[str, Path] = {}
-    for folder in folders:
-        name = submission_name(folder)
-        if name in RESERVED_NAMES:
-            raise UsageProblem(
-                f"{folder}: a submission cannot be called {name} (its report would be the batch's)"
-            )
-        if name in names:
-            raise UsageProblem(f"two submissions are called {name} ({names[name]} and {folder}): rename one")
-        names[name] = folder
+    out = Path(args.out).absolute()
+    folders = _checked_folders(args.folders, args.entry, out, args.out)
     python = _checked_python(args.python)
     client_exe = None
     if args.client_exe is not None:
         client_exe = Path(args.client_exe).absolute()
         if not client_exe.is_file() or not os.access(client_exe, os.X_OK):
             raise UsageProblem(f"--client-exe {args.client_exe}: not an executable file")
-    out = Path(args.out).absolute()
     _check_writable(out, args.out)
     options = Options(folders, out, python, args.entry, client_exe, args.jobs, args.keyword)
     if options.keyword is not None:
         _check_the_selection(options)
     return options
+
+
+def _checked_folders(texts: list[str], entry: str | None, out: Path, out_text: str) -> list[Path]:
+    """The submission folders: each exists (with --entry in it), apart from --out, its name its own."""
+    folders = [Path(text).absolute() for text in texts]
+    names: dict[str, Path] = {}
+    for text, folder in zip(texts, folders, strict=True):
+        if not folder.is_dir():
+            raise UsageProblem(f"{text}: no such folder")
+        if entry is not None and not (folder / entry).is_file():
+            raise UsageProblem(f"{text}: there is no {entry} in it (--entry)")
+        # Each check copies the folder: reports growing inside it would be copied, and graded.
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise UsageProblem(f"--out {out_text} is inside the submission {text}: put the reports elsewhere")
+        if folder.resolve().is_relative_to(out.resolve()):
+            raise UsageProblem(f"{text} is inside --out {out_text}: it holds reports, not a submission")
+        name = submission_name(folder)
+        if name in RESERVED_NAMES:
+            raise UsageProblem(
+                f"{text}: a submission cannot be called {name} (its report would be the batch's)"
+            )
+        if name in names:
+            raise UsageProblem(f"two submissions are called {name} ({names[name]} and {folder}): rename one")
+        names[name] = folder
+    return folders
 
 
 def submission_name(folder: Path) -> str:

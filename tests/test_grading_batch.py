@@ -453,8 +453,24 @@ def test_a_stopped_batch_leaves_no_server_running(batches: dict[str, BatchRun], 
             "python -m grading: -k no_check_is_called_this: selects no check",
         ),
         (["sub"], "python -m grading: the following arguments are required: --out (see --help)"),
+        (
+            ["sub", "--out", "sub/reports"],
+            "python -m grading: --out sub/reports is inside the submission sub: put the reports elsewhere",
+        ),
+        (["out/old", "--out", "out"], "python -m grading: out/old is inside --out out: it holds reports"),
     ],
-    ids=["folder", "python", "out", "entry", "jobs", "names", "selection", "required"],
+    ids=[
+        "folder",
+        "python",
+        "out",
+        "entry",
+        "jobs",
+        "names",
+        "selection",
+        "required",
+        "out-inside",
+        "inside-out",
+    ],
 )
 def test_a_bad_command_line_is_one_line_and_exit_2(
     tmp_path: Path, arguments: list[str], message: str
@@ -463,6 +479,7 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
     (tmp_path / "sub" / "server.py").write_text(LISTENS)
     (tmp_path / "other" / "sub").mkdir(parents=True)
     (tmp_path / "afile").write_text("")
+    (tmp_path / "out" / "old").mkdir(parents=True)
     run = run_batch(tmp_path, *arguments)
     assert run.process.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()

@@ -462,12 +462,16 @@ def _ignore_further_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         options = options_from(sys.argv[1:] if argv is None else argv)
     except UsageProblem as problem:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # stopped while checking the command line: nothing ran yet
+    except Stopped as stop:
+        return 128 + stop.signum
     batch = Batch(options, print_line=lambda line: print(line, flush=True))
     batch.children.become_subreaper()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return batch.run()

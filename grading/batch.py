@@ -441,13 +441,19 @@ def _why_pytest_failed(status: int, log: Path) -> str:
         lines = [line.strip() for line in log.read_text("utf-8", "replace").splitlines() if line.strip()]
     except OSError:
         lines = []
-    errors = [line for line in lines if line.startswith(("ERROR", "INTERNALERROR", "E   "))]
+    errors = [
+        line
+        for line in lines
+        if line.startswith(("ERROR", "INTERNALERROR", "E   ")) or ": error: " in line  # argparse's
+    ]
+    errors = [line for line in errors if not line.startswith("ERROR: usage:")] or errors
     last = (errors or lines or ["(no output)"])[-1]
+    label = "its error" if errors else "its last line"
     if status < 0:
         how = f"the grading pytest was killed by {signal.Signals(-status).name}"
     else:
         how = f"the grading pytest exited with status {status}"
-    return f"{how} without a result; its last line: {last} (its output: {log})"
+    return f"{how} without a result; {label}: {last} (its output: {log})"
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:

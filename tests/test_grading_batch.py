@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT, wait_until
 
+from grading.batch import _why_pytest_failed
 from grading.entry import find_entry
 from grading.harness import listening_ports_of
 from grading.report import CSV_COLUMNS, RESULTS
@@ -383,9 +384,9 @@ def test_a_grading_that_cannot_run_is_an_error_and_exit_2(batches: dict[str, Bat
         ("notes", "error"),
     ]
     messages = {row["submission"]: row["message"] for row in rows}
-    assert messages["gina"].startswith(
-        "the grading pytest was killed by SIGKILL without a result; its last line: "
-    ), messages
+    assert messages["gina"].startswith("the grading pytest was killed by SIGKILL without a result; its "), (
+        messages
+    )
     assert messages["twins"] == (
         'no single entry point: app.py and run.py each have an `if __name__ == "__main__":` guard and '
         "bind a socket (name one with --entry)"
@@ -499,6 +500,38 @@ def test_a_bad_python_that_exists_but_does_not_run(tmp_path: Path) -> None:
     assert run.stderr.strip() == (
         "python -m grading: --python ./python: `./python -c pass` exits with status 3: no encodings module"
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "expected"),
+    [
+        (
+            4,
+            "ERROR: usage: __main__.py [options]\n__main__.py: error: unrecognized arguments: --x\n"
+            "  inifile: None\n",
+            "the grading pytest exited with status 4 without a result; its error: __main__.py: error: "
+            "unrecognized arguments: --x",
+        ),
+        (
+            3,
+            "collected 5 items\nINTERNALERROR> Traceback\nINTERNALERROR> IsADirectoryError: result.json\n",
+            "the grading pytest exited with status 3 without a result; its error: INTERNALERROR> "
+            "IsADirectoryError: result.json",
+        ),
+        (
+            -9,
+            "collected 5 items\n",
+            "the grading pytest was killed by SIGKILL without a result; its last line: collected 5 items",
+        ),
+        (-15, "", "the grading pytest was killed by SIGTERM without a result; its last line: (no output)"),
+    ],
+)
+def test_a_pytest_that_ends_without_a_result_is_said_in_one_line(
+    tmp_path: Path, status: int, output: str, expected: str
+) -> None:
+    log = tmp_path / "pytest.log"
+    log.write_text(output)
+    assert _why_pytest_failed(status, log) == f"{expected} (its output: {log})"
 
 
 # --- the single-submission form finds the entry point too -------------------------------------

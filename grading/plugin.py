@@ -7,7 +7,8 @@ them. With
 
     --server-dir PATH      a submission folder: each check copies it, writes port.info with a
                            free port (the digits alone) and runs `python ENTRY` there
-    --entry NAME           the entry point, relative to the folder (default: server.py)
+    --entry NAME           the entry point, relative to the folder (default: server.py, else the
+                           module with a __main__ guard that binds a socket: grading/entry.py)
     --server-python PY     the interpreter that runs it (a submission's own virtual environment)
     --server HOST:PORT     a server that is already running (checks that must restart it or
                            read its database or folder are not run, with the reason)
@@ -48,6 +49,7 @@ from typing import NoReturn
 import pytest
 
 from grading.database import SubmissionDatabase
+from grading.entry import DEFAULT_ENTRY, EntryPoint, find_entry
 from grading.harness import (
     READ_TIMEOUT,
     REPO_ROOT,
@@ -82,7 +84,8 @@ class Target:
     python: str = sys.executable
     address: tuple[str, int] | None = None
     client: ClientProgram = field(default_factory=ClientProgram.reference)
-    entry: str = "server.py"
+    entry: str = DEFAULT_ENTRY
+    entry_how: str = ""  # how the entry point was chosen (grading/entry.py)
 
     @property
     def ours(self) -> bool:
@@ -118,7 +121,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("grading", "grading a submission (the checks against another server)")
     group.addoption("--server-dir", metavar="PATH", help="grade the server in this submission folder")
     group.addoption(
-        "--entry", default="server.py", metavar="NAME", help="its entry point (default: server.py)"
+        "--entry",
+        metavar="NAME",
+        help="its entry point (default: server.py, else the module with a __main__ guard that listens)",
     )
     group.addoption(
         "--server-python",
@@ -154,7 +159,7 @@ def _target(config: pytest.Config) -> Target:
     """The options checked and turned into a Target; a usage error names what is wrong."""
     folder_text: str | None = config.getoption("--server-dir")
     address_text: str | None = config.getoption("--server")
-    entry: str = config.getoption("--entry")
+    named_entry: str | None = config.getoption("--entry")
     client_exe: str | None = config.getoption("--client-exe")
     if folder_text is not None and address_text is not None:
         _usage("--server-dir and --server name two servers: give one")
@@ -163,14 +168,14 @@ def _target(config: pytest.Config) -> Target:
     except ValueError as err:
         _usage(f"--server-python {err}")
     folder = None
+    entry = EntryPoint(DEFAULT_ENTRY, "the usual name")
     if folder_text is not None:
         folder = Path(folder_text).absolute()
         if not folder.is_dir():
             _usage(f"--server-dir {folder_text}: no such folder")
-        if not (folder / entry).is_file():
-            _usage(
-                f"--server-dir {folder_text}: there is no {entry} in it (name the entry point with --entry)"
-            )
+        entry = find_entry(folder, named_entry)
+        if entry.path is None:
+            _usage(f"--server-dir {folder_text}: {entry.problem}")
     address = None
     if address_text is not None:
         host, colon, port = address_text.strip().rpartition(":")
@@ -183,7 +188,7 @@ def _target(config: pytest.Config) -> Target:
         if not path.is_file() or not os.access(path, os.X_OK):
             _usage(f"--client-exe {client_exe}: not an executable file")
         client = ClientProgram.executable(path)
-    return Target(folder, python, address, client, entry)
+    return Target(folder, python, address, client, entry.path or DEFAULT_ENTRY, entry.how)
 
 
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -552,6 +557,7 @@ class Collector:
             server=target.describe(),
             client=target.client.description,
             rows=rows,
+            entry=f"{target.entry} ({target.entry_how})" if target.folder is not None else "",
         )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

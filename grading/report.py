@@ -9,7 +9,7 @@ failed, or the check cannot run against this target), pass.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 RESULTS = ("pass", "fail", "non-strict", "not run", "error")
@@ -33,11 +33,19 @@ class SubmissionResult:
     interrupted: bool = False
     error: str = ""  # why the grading of this submission could not run (then rows are empty)
     seconds: float = 0.0
+    entry: str = ""  # the file that was run and how it was chosen: `src/main.py (found: ...)`
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> SubmissionResult:
-        rows = [Row(**row) for row in data.pop("rows", [])]  # type: ignore[attr-defined]
-        return cls(rows=rows, **data)  # type: ignore[arg-type]
+        """A result as the plugin's --grade-json wrote it (keys this version does not know are left)."""
+        known = {item.name for item in fields(cls)} - {"rows"}
+        raw_rows = data.get("rows", [])
+        assert isinstance(raw_rows, list), f"rows: a list, not {type(raw_rows).__name__}"
+        row_fields = {item.name for item in fields(Row)}
+        rows = [
+            Row(**{key: str(value) for key, value in row.items() if key in row_fields}) for row in raw_rows
+        ]
+        return cls(rows=rows, **{key: value for key, value in data.items() if key in known})  # type: ignore[arg-type]
 
     def count(self, result: str) -> int:
         return sum(row.result == result for row in self.rows)
@@ -92,6 +100,7 @@ def submission_markdown(result: SubmissionResult) -> str:
         f"# Conformance to PROTOCOL.md: {result.name}",
         "",
         f"Server: {_cell(result.server)}  ",
+        *([f"Entry point: {_cell(result.entry)}  "] if result.entry else []),
         f"Client for §6: {_cell(result.client)}",
         "",
     ]

@@ -204,6 +204,9 @@ def test_a_broken_copy_fails_exactly_its_own_rows(
     for pattern, text in copy.messages.items():
         details = [row.detail for row in rows if row_matches(pattern, row.spec, row.check)]
         assert any(text in detail for detail in details), f"{copy.name}: {pattern}: {text!r} not in {details}"
+    for pattern, text in copy.unsaid.items():
+        details = [row.detail for row in rows if row_matches(pattern, row.spec, row.check)]
+        assert not any(text in detail for detail in details), f"{copy.name}: {pattern}: {text!r} in {details}"
     for row in rows:
         if row.result in ("fail", "non-strict"):
             assert row.detail.startswith(f"{row.spec}:"), (

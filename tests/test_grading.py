@@ -110,11 +110,33 @@ class GradingRun:
         return self._output
 
 
+# The copies a test of this module reads besides the one it is parametrized with.
+COPIES_READ = {
+    "test_a_failed_start_shows_the_submissions_own_error": ("cannot-start",),
+    "test_a_server_that_dies_is_reported_once": ("crashes-at-once",),
+}
+
+
+def copies_wanted(session: pytest.Session) -> list[BrokenCopy]:
+    """The copies the selected tests of this module read (all of them, without -k)."""
+    names = set()
+    for item in session.items:
+        if item.path != Path(__file__):
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "copy" in callspec.params:
+            names.add(callspec.params["copy"].name)
+        names.update(COPIES_READ.get(getattr(item, "originalname", item.name), ()))
+    return [copy for copy in BROKEN_COPIES if copy.name in names]
+
+
 @pytest.fixture(scope="module")
-def grading_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GradingRun]]:
-    """Every broken copy graded at once, each by its own pytest in a subprocess."""
+def grading_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, GradingRun]]:
+    """Every broken copy the selected tests read graded at once, each by its own pytest in a subprocess."""
     runs = {}
-    for copy in BROKEN_COPIES:
+    for copy in copies_wanted(request.session):
         work = tmp_path_factory.mktemp(copy.name)
         folder = make_broken_copy(copy.name, work / copy.name)
         report, junit = work / "report.md", work / "junit.xml"

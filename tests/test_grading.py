@@ -13,8 +13,10 @@ run is restricted with -k to the checks of its own points, of the points it
 names in `also` (those its defect could plausibly touch), of their
 prerequisites (transitively), of the points that need its own points
 (transitively), and of a fixed sample of unrelated points (SAMPLE_POINTS).
-The twelve runs go in parallel subprocesses: together they take about as
-long as the slowest few.
+The twelve runs (178 checks in all) go in parallel subprocesses: the file
+took 154 s and 183 s wall time, 136 s and 145 s of CPU, on the 2-core
+machine at a load of 8 to 13. With -k, only the copies the selected tests
+read are graded (`-k spins` grades one copy).
 """
 
 from __future__ import annotations

@@ -446,6 +446,22 @@ class ProcessGroup:
                         found.append(int(entry.name))
         return found
 
+    def runnable_ns(self) -> dict[int, int] | None:
+        """Per thread of the group: nanoseconds it ran or waited on a run queue to run (Linux).
+
+        From /proc/PID/task/TID/schedstat. Unlike CPU time, this does not shrink on a
+        loaded machine: a thread that spins is runnable all the time, whatever share of a
+        CPU it gets; an idle one is asleep. None where the kernel does not give it.
+        """
+        found: dict[int, int] = {}
+        for pid in self.pids():
+            with suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with suppress(OSError, ValueError):
+                        running, waiting = (task / "schedstat").read_text().split()[:2]
+                        found[int(task.name)] = int(running) + int(waiting)
+        return found or None
+
     def sample(self) -> GroupSample:
         rss = peak = 0
         ticks = 0

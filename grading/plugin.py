@@ -32,6 +32,7 @@ the later checks in which it dies too are not run.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import re
@@ -312,6 +313,7 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     target = target_of(request.config)
     state = request.config.stash[STATE]
     started: list[ServerProcess] = []
+    attempts = itertools.count()  # a copy's folder per start, a failed one included (§5 port.info)
     request.node.stash[STARTED_SERVERS] = started
     request.node.stash[TMP_PATH] = tmp_path
 
@@ -356,13 +358,13 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
             process = ExternalServer(*target.address)
         else:
             source = target.folder if target.folder is not None else _our_files(tmp_path / "ours")
-            folder = copy_submission(source, nest / f"submission{index}")
+            folder = copy_submission(source, nest / f"submission{next(attempts)}")
             process = ServerProcess(
                 folder,
                 folder,
                 python=target.python,
                 ours=False,
-                log_path=tmp_path / f"submission{index}.log",
+                log_path=tmp_path / f"{folder.name}.log",
                 label=f"{source}/{target.entry}",
                 entry=target.entry,
                 port_info=port_info,

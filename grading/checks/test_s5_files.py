@@ -102,8 +102,9 @@ def test_s5_the_database_has_the_tables_columns_and_types_of_the_protocol(
                 if column.lower() not in found or kind is None:
                     continue
                 real = found[column.lower()][1]
+                # In order: the value named in the message is the same on every run.
                 for (value,) in db.execute(
-                    f'SELECT DISTINCT "{real}" FROM {table} WHERE "{real}" IS NOT NULL'
+                    f'SELECT DISTINCT "{real}" FROM {table} WHERE "{real}" IS NOT NULL ORDER BY "{real}"'
                 ):
                     if kind == "integer":
                         good = isinstance(value, int) and value in (0, 1)

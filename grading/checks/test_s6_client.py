@@ -125,7 +125,7 @@ def test_s6_a_denied_reconnect_registers_anew(
     assert_verified_copy(server, db, client_id, content)
 
 
-@spec("§6 resend", needs=(*FLOW, "§2 1030"))
+@spec("§6 resend", needs=(*FLOW, "§2 1030", "§1 pipelining"))
 def test_s6_a_corrupted_transfer_is_resent(
     server: ServerProcess,
     db: SubmissionDatabase,
@@ -141,7 +141,7 @@ def test_s6_a_corrupted_transfer_is_resent(
     assert_verified_copy(server, db, me_info(folder)[1], content)
 
 
-@spec("§6 give up", needs=(*FLOW, "§2 1030", "§2 1031"))
+@spec("§6 give up", needs=(*FLOW, "§2 1030", "§2 1031", "§1 pipelining"))
 def test_s6_the_fourth_mismatch_gives_up(
     server: ServerProcess,
     db: SubmissionDatabase,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,7 +75,9 @@ def _vanish_mid_file(server: ServerProcess, unique_name: NameFactory) -> bytes:
     return client_id
 
 
-@spec("§7 vanishing peer", needs=("§2 1028",))
+# A server that spins on the vanished peer's connection never gets to clean up: that is §7 no
+# spin's failure, not a second one here.
+@spec("§7 vanishing peer", needs=("§2 1028", "§7 no spin"))
 def test_s7_a_peer_vanishing_mid_file_leaves_nothing(
     server: ServerProcess, db: SubmissionDatabase, unique_name: NameFactory
 ) -> None:
@@ -93,34 +97,67 @@ def test_s7_a_peer_vanishing_mid_file_leaves_nothing(
     )
 
 
-def _cpu_after(server: ServerProcess, what: Callable[[], object]) -> float:
-    """CPU seconds the server's process group uses in the window after `what` happened."""
+@dataclass(frozen=True)
+class Window:
+    """What the server's process group did in the window after a peer went."""
+
+    cpu: float  # CPU seconds it used
+    runnable: float | None  # seconds its threads ran or waited to run (None: not known here)
+
+    @property
+    def busy(self) -> float:
+        """The CPU it wanted: runnable time where known (load-independent), else CPU time."""
+        return self.runnable if self.runnable is not None else self.cpu
+
+
+def _window_after(server: ServerProcess, what: Callable[[], object]) -> Window:
+    """The server's process group in the window after `what` happened."""
     group = server.group()
     what()
     start = group.sample().cpu_seconds
+    before = group.runnable_ns()
     threading.Event().wait(SPIN_WINDOW)  # a measurement over a window, not a wait for a condition
-    return group.sample().cpu_seconds - start
+    cpu = group.sample().cpu_seconds - start
+    after = group.runnable_ns()
+    if before is None or after is None:
+        return Window(cpu, None)
+    # Threads that ended in the window are left out; those that began count from zero.
+    return Window(cpu, sum(value - before.get(tid, 0) for tid, value in after.items()) / 1e9)
 
 
 @spec("§7 no spin", needs=("§2 1025", "§2 1026"))
-def test_s7_no_cpu_spin_after_a_peer_goes(server: ServerProcess, unique_name: NameFactory) -> None:
-    """Under 0.5 s of CPU in the 3 s after a peer vanishes mid-file, and after one closes between requests."""
+def test_s7_no_cpu_spin_after_a_peer_goes(server_factory: ServerFactory, unique_name: NameFactory) -> None:
+    """Under 0.5 s of CPU in the 3 s after a peer vanishes mid-file, and after one closes between requests.
 
-    def close_between_requests() -> None:
+    The CPU the server wants: the time its threads run or wait on a run queue to run (Linux's
+    schedstat; elsewhere its CPU time). On a loaded machine a spinning thread gets little CPU
+    but is runnable all the time, so the verdict does not depend on the load.
+
+    A fresh server for each case: a thread still spinning from the first case would be charged
+    to the second.
+    """
+
+    def vanish_mid_file(server: ServerProcess) -> None:
+        _vanish_mid_file(server, unique_name)
+
+    def close_between_requests(server: ServerProcess) -> None:
         with RawConnection(server.address) as conn:
             new_client(conn, unique_name(), server)
 
-    spent = {
-        "after a peer vanished in the middle of a 1028": _cpu_after(
-            server, lambda: _vanish_mid_file(server, unique_name)
-        ),
-        "after a peer closed between requests": _cpu_after(server, close_between_requests),
+    windows = {}
+    cases: dict[str, Callable[[ServerProcess], None]] = {
+        "after a peer vanished in the middle of a 1028": vanish_mid_file,
+        "after a peer closed between requests": close_between_requests,
     }
-    spinning = {case: seconds for case, seconds in spent.items() if seconds > SPIN_BUDGET}
+    for case, what in cases.items():
+        server = server_factory()
+        windows[case] = _window_after(server, functools.partial(what, server))
+        server.stop()  # a spinning server stops spinning before the next case is measured
+    spinning = {case: window for case, window in windows.items() if window.busy > SPIN_BUDGET}
     assert not spinning, "§7 no spin: " + "; ".join(
-        f"{seconds:.1f} s of CPU in the {SPIN_WINDOW:.0f} s {case} (an idle server uses about none: "
-        "a recv() == b'' loop?)"
-        for case, seconds in spinning.items()
+        f"the server wanted {window.busy:.1f} s of CPU (and got {window.cpu:.1f} s) in the "
+        f"{SPIN_WINDOW:.0f} s {case}; an idle server wants about none: a recv() == b'' loop?"
+        for case, window in spinning.items()
     )
 
 

@@ -230,7 +230,7 @@ class FileStore:
         # Guards the reservations and the set of temporary files, and the shutdown flag.
         self._lock = threading.Lock()
         self._partials: dict[str, Partial] = {}
-        self._closed = False
+        self._closed = False  # pragma: no mutate (read as a truth value only: None is the same)
 
     # --- names --------------------------------------------------------------
 

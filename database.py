@@ -129,7 +129,10 @@ class Database:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+            # pragma below: sqlite3's default timeout is 5 s too, so a call without timeout= does the same
+            self._conn = sqlite3.connect(  # pragma: no mutate
+                path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             with self._conn:

@@ -81,7 +81,7 @@ def _registered_client(ctx: RequestContext) -> ClientRecord:
     return client
 
 
-def _new_wrapped_aes_key(ctx: RequestContext, public_key: bytes) -> tuple[bytes, bytes]:
+def _new_wrapped_aes_key(public_key: bytes) -> tuple[bytes, bytes]:
     """A fresh AES key and the same key wrapped with `public_key`."""
     aes_key = generate_aes_key()
     try:
@@ -111,7 +111,7 @@ def handle_public_key(ctx: RequestContext) -> Reply:
         # identity over with a key of their own (SECURITY.md §1). A client that
         # lost its key registers anew; a repeated 1026 with the same key is fine.
         raise KeyAlreadySet(f"client {client.name!r} already has a different public key")
-    aes_key, wrapped = _new_wrapped_aes_key(ctx, request.public_key)
+    aes_key, wrapped = _new_wrapped_aes_key(request.public_key)
     if not ctx.db.set_keys(client.client_id, request.name, request.public_key, aes_key):
         # Dropped since it was read (a racing 1027, or expired): no key for a client that is gone.
         raise UnknownClient(f"client {client.client_id.hex()} was removed during its 1026")
@@ -136,7 +136,7 @@ def handle_reconnect(ctx: RequestContext) -> Reply:
         if client is None or client.public_key is None:
             return denied
     try:
-        aes_key, wrapped = _new_wrapped_aes_key(ctx, client.public_key)
+        aes_key, wrapped = _new_wrapped_aes_key(client.public_key)
     except MalformedPayload as err:
         log.info("reconnect denied: stored public key of %r is unusable: %s", request.name, err)
         return denied

@@ -108,12 +108,12 @@ def safe_base_name(file_name: str) -> str:
     paths (§7). The caller has already cut the name at its NUL and refused
     control characters (protocol.decode_name).
     """
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = file_name.replace("\\", "/").rpartition("/")[2]
     if base in ("", ".", ".."):
         raise MalformedPayload(f"file name {file_name!r} has no usable base name")
     if not base.isprintable() or ":" in base:
         raise MalformedPayload(f"file name {file_name!r} has forbidden characters")
-    if len(base) > MAX_STORED_BASE_NAME:
+    if len(base) > MAX_STORED_BASE_NAME:  # pragma: no mutate (>=: a cut at the limit cuts nothing)
         stem, dot, suffix = base.rpartition(".")
         if dot and 0 < len(suffix) <= 16:
             base = stem[: MAX_STORED_BASE_NAME - len(suffix) - 1] + "." + suffix
@@ -161,8 +161,8 @@ class _Folder:
         self.fd = fd  # None where the platform has no dir_fd: then full paths are used
 
     @classmethod
-    def open(cls, path: Path, parent: _Folder | None = None, create: bool = True) -> _Folder:
-        """Open (and create if missing) the folder `path`; UnsafeStorage if it is a link or a file."""
+    def open(cls, path: Path, parent: _Folder | None = None, create: bool = False) -> _Folder:
+        """Open the folder `path` (made if missing, with `create`); UnsafeStorage if a link or a file."""
         relative = parent is not None and parent.fd is not None
         name, dir_fd = (path.name, parent.fd) if parent is not None and relative else (path, None)
         if create:
@@ -222,14 +222,15 @@ class FileStore:
         self.min_free_space = min_free_space
         self.space_source = space_source
         self.root = data_dir / STORAGE_DIR_NAME
-        self._root = _Folder.open(self.root)
-        self._incoming = _Folder.open(self.root / INCOMING_DIR_NAME, self._root)
+        self._root = _Folder.open(self.root, create=True)
+        self._incoming = _Folder.open(self.root / INCOMING_DIR_NAME, self._root, create=True)
         for folder in (self._root, self._incoming):
-            make_private(folder.path, 0o700, folder.fd)
+            # pragma below: given an fd, make_private uses the path only to name it in a warning
+            make_private(folder.path, 0o700, folder.fd)  # pragma: no mutate
         # Guards the reservations and the set of temporary files, and the shutdown flag.
         self._lock = threading.Lock()
         self._partials: dict[str, Partial] = {}
-        self._closed = False
+        self._closed = False  # pragma: no mutate (read as a truth value only: None is the same)
 
     # --- names --------------------------------------------------------------
 
@@ -275,7 +276,9 @@ class FileStore:
             self._check_room(size)
             name = f"{secrets.token_hex(16)}{PARTIAL_SUFFIX}"
             path, dir_fd = self._incoming.at(name)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
+            # pragma below: O_EXCL never follows a link and os.open is close-on-exec anyway (PEP 446),
+            # so a mutant that drops _NOFOLLOW or _CLOEXEC (or _BINARY, 0 on POSIX) behaves the same
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY  # pragma: no mutate
             try:
                 fd = os.open(path, flags, 0o600, dir_fd=dir_fd)
             except OSError as err:
@@ -308,7 +311,7 @@ class FileStore:
             if self._closed or partial.name not in self._partials:
                 raise ShuttingDown("the server is shutting down")
         try:
-            folder = _Folder.open(self.root / folder_name, self._root)
+            folder = _Folder.open(self.root / folder_name, self._root, create=True)
         except (UnsafeStorage, OSError) as err:
             raise StorageError(f"cannot use the client's folder: {err}") from err
         try:
@@ -324,7 +327,7 @@ class FileStore:
     def end_upload(self, partial: Partial) -> None:
         """Release the reservation; remove the temporary file unless it was moved into place."""
         with self._lock:
-            self._partials.pop(partial.name, None)
+            self._partials.pop(partial.name)
         if not partial.placed:
             self._unlink_partial(partial.name)
         os.close(partial.fd)
@@ -342,7 +345,7 @@ class FileStore:
         """Remove a stored file (its record is already gone); a missing one is no error."""
         folder_name, name = self._split(path_name)
         try:
-            folder = _Folder.open(self.root / folder_name, self._root, create=False)
+            folder = _Folder.open(self.root / folder_name, self._root)
         except (UnsafeStorage, OSError) as err:
             log.warning("cannot remove %s: %s", path_name, err)
             return
@@ -402,10 +405,10 @@ class FileStore:
                 log.warning("start-up: skipping %s in %s: %s", name, self._incoming.path, kind)
 
     def _reconcile_client_folder(self, path: Path, recorded: set[str]) -> set[str]:
-        folder = _Folder.open(path, self._root, create=False)
+        folder = _Folder.open(path, self._root)
         present = set()
         try:
-            make_private(path, 0o700, folder.fd)
+            make_private(path, 0o700, folder.fd)  # pragma: no mutate (path: named in a warning only)
             for name, kind in self._list(folder):
                 path_name = f"{STORAGE_DIR_NAME}/{path.name}/{name}"
                 if kind != "file":
@@ -429,9 +432,9 @@ class FileStore:
             for entry in entries:
                 if entry.is_symlink():
                     kind = "a symbolic link"
-                elif entry.is_file(follow_symlinks=False):
+                elif entry.is_file(follow_symlinks=False):  # pragma: no mutate (links are out already)
                     kind = "file"
-                elif entry.is_dir(follow_symlinks=False):
+                elif entry.is_dir(follow_symlinks=False):  # pragma: no mutate (links are out already)
                     kind = "a folder"
                 else:
                     kind = "not a regular file"

@@ -49,7 +49,7 @@ class RateGuard:
     def count(self, size: int) -> None:
         self._received += size
         elapsed = time.monotonic() - self._started
-        if elapsed > self.grace and self._received < self.min_rate * (elapsed - self.grace):
+        if self._received < self.min_rate * (elapsed - self.grace):  # within the grace, <= 0 bytes are due
             raise TooSlow(f"{self._received} bytes in {elapsed:.1f} s is below {self.min_rate:.0f} bytes/s")
 
 

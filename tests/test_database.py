@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -161,7 +163,7 @@ def test_the_files_per_client_limit(tmp_path: Path) -> None:
     assert not db.may_add_file(client_id, "3")
     assert db.may_add_file(client_id, "2"), "a replacement adds no file"
     assert db.may_add_file(other, "3"), "the limit is per client"
-    with pytest.raises(LimitReached, match="has 2 files"):
+    with pytest.raises(LimitReached, match=r"has 2 files, the most it may have \(--max-files-per-client\)$"):
         db.put_file(client_id, "3", "storage/3")
     assert db.put_file(client_id, "2", "storage/2b") == "storage/2"
 
@@ -211,3 +213,32 @@ def test_last_seen_has_one_text_form_in_utc() -> None:
     # Text order is time order only if every LastSeen has this one form.
     moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     assert _timestamp(moment) == "2026-01-02 03:04:05+00:00"
+
+
+def test_full_registrations_say_which_limits_are_reached(tmp_path: Path) -> None:
+    db = Database(tmp_path / "defensive.db", Limits(max_incomplete_registrations=1, max_clients=5))
+    assert db.register_client("first") is not None
+    with pytest.raises(LimitReached, match=r"^registrations are full \(1 without a key or 5 in all\)$"):
+        db.register_client("second")
+
+
+@pytest.fixture
+def far_east_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time 14 hours ahead of UTC (POSIX TZ: the offset is west of UTC)."""
+    monkeypatch.setenv("TZ", "FAR-14")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_east_local_time")
+def test_half_registrations_expire_by_utc_whatever_the_local_time(tmp_path: Path) -> None:
+    # LastSeen is UTC; a cutoff taken in local time would be 14 hours late here and drop
+    # a registration made a moment ago.
+    db = Database(tmp_path / "defensive.db", Limits(registration_timeout=3600))
+    half = db.register_client("half")
+    assert half is not None
+    assert db.expire_incomplete_registrations() == 0
+    assert db.register_client("other") is not None  # which expires the old ones first
+    assert db.get_client(half) is not None

@@ -7,6 +7,7 @@ runs (docs/testing.md); the same behaviours are tested end to end in the grading
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from Crypto.Cipher import AES
 
 import handlers
-from crypto_utils import cksum, encrypt, export_public_key, generate_rsa_key, unwrap_aes_key
+from crypto_utils import ZERO_IV, cksum, encrypt, export_public_key, generate_rsa_key, unwrap_aes_key
 from database import Database, LimitReached, Limits
+from forgeries import DecryptionFailures
 from handlers import CHUNK_SIZE, HANDLERS, RequestContext
 from protocol import (
+    HEAD_ONLY_PAYLOAD_SIZE,
     AesKeyResponse,
     ClientIdResponse,
     DecryptionFailed,
@@ -29,11 +33,13 @@ from protocol import (
     FramingError,
     KeyAlreadySet,
     MalformedPayload,
+    OverLimit,
     RequestCode,
     RequestError,
     RequestHeader,
     ResponseCode,
     SendFileHead,
+    Throttled,
     UnknownClient,
     UnknownFile,
     encode_name,
@@ -43,6 +49,14 @@ from streams import PayloadReader, RateGuard
 
 RSA_KEY = generate_rsa_key()
 PUBLIC_KEY = export_public_key(RSA_KEY)
+
+
+def forged(key: bytes, size: int) -> bytes:
+    """`size` bytes of ciphertext under `key` whose plaintext is all zero bytes: a last byte of
+    0 is never valid PKCS#7 padding, so it fails to decrypt every time (no 1-in-256 luck)."""
+    cipher = AES.new(key, AES.MODE_CBC, iv=ZERO_IV)
+    ciphertext: bytes = cipher.encrypt(bytes(size))
+    return ciphertext
 
 
 class Server:
@@ -181,7 +195,10 @@ def test_1026_repeated_with_the_same_key_gives_a_new_aes_key(server: Server) -> 
 def test_1026_with_a_key_that_does_not_import_is_refused_and_stores_nothing(server: Server) -> None:
     reply = server.call(RequestCode.REGISTER, bytes(16), encode_name("alice"))
     assert reply is not None
-    server.refused(RequestCode.PUBLIC_KEY, reply[1], encode_name("alice") + bytes(160), MalformedPayload)
+    error = server.refused(
+        RequestCode.PUBLIC_KEY, reply[1], encode_name("alice") + bytes(160), MalformedPayload
+    )
+    assert str(error) == "public key is not a valid RSA key", "the reason, for the log"
     record = server.db.get_client(reply[1])
     assert record is not None and record.public_key is None and record.aes_key is None
 
@@ -274,9 +291,8 @@ def test_1028_of_the_same_name_replaces_the_file_and_its_verification(server: Se
 
 
 def test_1028_that_does_not_decrypt_is_refused_and_keeps_nothing(server: Server) -> None:
-    client_id, _ = server.registered()
-    wrong_key = bytes(16)
-    ciphertext = encrypt(wrong_key, os.urandom(CHUNK_SIZE + 100))
+    client_id, aes_key = server.registered()
+    ciphertext = forged(aes_key, CHUNK_SIZE + 112)
     payload = SendFileHead(len(ciphertext), "x.bin").pack() + ciphertext
     error = server.refused(RequestCode.SEND_FILE, client_id, payload, DecryptionFailed)
     assert "padding" in str(error)
@@ -306,7 +322,7 @@ def test_1028_whose_head_disagrees_with_the_header_closes_the_connection(server:
     context = server.context(RequestCode.SEND_FILE, client_id, payload)
     with pytest.raises(FramingError) as caught:
         handlers.handle_send_file(context)
-    assert caught.value.closes_connection
+    assert caught.value.closes_connection and not context.payload.framed
     assert server.stored() == []
 
 
@@ -496,7 +512,7 @@ def test_1028_over_the_files_per_client_limit_is_refused_before_its_content(tmp_
     )
     with pytest.raises(LimitReached):
         handlers.handle_send_file(context)
-    assert context.payload.unread == 16
+    assert context.payload.unread == 16 and context.payload.framed, "the rest can be read and skipped"
     assert server.send_file(client_id, aes_key, "one.bin", b"again") is not None, "a replacement is fine"
 
 
@@ -514,3 +530,91 @@ def test_a_file_whose_record_fails_is_not_kept(tmp_path: Path, monkeypatch: pyte
             server.context(RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext)
         )
     assert server.stored() == []
+
+
+def test_1028_that_declares_its_head_alone_is_served_all_the_same(server: Server) -> None:
+    # §7: a payload size of 259, the head without its content; the head's Content size frames it.
+    client_id, aes_key = server.registered()
+    content = os.urandom(100)
+    ciphertext = encrypt(aes_key, content)
+    payload = SendFileHead(len(ciphertext), "x.bin").pack() + ciphertext
+    context = server.context(RequestCode.SEND_FILE, client_id, payload, payload_size=HEAD_ONLY_PAYLOAD_SIZE)
+    assert handlers.handle_send_file(context) == (
+        ResponseCode.FILE_RECEIVED,
+        FileReceivedResponse(client_id, len(ciphertext), "x.bin", cksum(content)).pack(),
+    )
+    assert context.payload.unread == 0 and context.payload.framed
+    assert context.payload.head_only_size == len(ciphertext), "the loop warns of it once"
+    record = server.db.get_file(client_id, "x.bin")
+    assert record is not None and (server.store.data_dir / record.path_name).read_bytes() == content
+
+
+def test_1028_of_exactly_the_max_file_size_is_served_and_one_block_more_is_refused(server: Server) -> None:
+    client_id, aes_key = server.registered()
+    for content in (bytes(31), bytes(32)):  # 32 bytes of ciphertext, then 48
+        ciphertext = encrypt(aes_key, content)
+        context = dataclasses.replace(
+            server.context(
+                RequestCode.SEND_FILE, client_id, SendFileHead(len(ciphertext), "x").pack() + ciphertext
+            ),
+            max_file_size=32,
+        )
+        if len(ciphertext) == 32:
+            reply = handlers.handle_send_file(context)
+            assert reply is not None and reply[0] == ResponseCode.FILE_RECEIVED
+        else:
+            with pytest.raises(OverLimit, match="over --max-file-size 32") as caught:
+                handlers.handle_send_file(context)
+            assert caught.value.response_code == ResponseCode.GENERAL_ERROR
+            assert context.payload.unread == 48, "refused before its content"
+
+
+def test_forged_1028s_lock_out_their_client_id_and_no_other(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forgeries")
+    failures = DecryptionFailures(allowed=2)  # shared by every connection, as the server's is
+    alice, alice_key = server.registered("alice")
+    bob, bob_key = server.registered("bob")
+
+    def send(client_id: bytes, ciphertext: bytes) -> Any:
+        payload = SendFileHead(len(ciphertext), "x.bin").pack() + ciphertext
+        context = server.context(RequestCode.SEND_FILE, client_id, payload)
+        context = dataclasses.replace(context, peer="192.0.2.7:4000", decryption_failures=failures)
+        return handlers.handle_send_file(context)
+
+    for _ in range(2):
+        with pytest.raises(DecryptionFailed):
+            send(alice, forged(alice_key, 32))
+    assert "failed to decrypt" in caplog.text and "(the last from 192.0.2.7:4000)" in caplog.text
+    with pytest.raises(Throttled) as caught:
+        send(alice, encrypt(alice_key, b"a real file"))
+    assert caught.value.response_code == ResponseCode.GENERAL_ERROR
+    assert server.db.get_file(alice, "x.bin") is None
+    reply = send(bob, encrypt(bob_key, b"bob's file"))
+    assert reply is not None and reply[0] == ResponseCode.FILE_RECEIVED
+
+
+def test_1028_whose_disk_fails_a_write_is_refused_and_keeps_nothing(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes go straight to the file (unbuffered), so a failing write is a StorageError of the
+    write itself, not an OSError when a buffer is flushed at the end."""
+    client_id, aes_key = server.registered()
+    begin_upload = server.store.begin_upload
+
+    def on_a_failing_disk(size: int) -> Any:
+        partial = begin_upload(size)
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # every write to the pipe now fails (EPIPE), as a failing disk's does
+        os.dup2(write_end, partial.fd)
+        os.close(write_end)
+        return partial
+
+    monkeypatch.setattr(server.store, "begin_upload", on_a_failing_disk)
+    ciphertext = encrypt(aes_key, b"content")
+    error = server.refused(
+        RequestCode.SEND_FILE, client_id, SendFileHead(16, "x.bin").pack() + ciphertext, StorageError
+    )
+    assert str(error).startswith("cannot write the file: ")
+    assert server.db.get_file(client_id, "x.bin") is None and server.stored() == []

@@ -7,13 +7,17 @@ No server: a FileStore on `tmp_path`. These are among the fast tests mutmut runs
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import storage
 from protocol import MalformedPayload, ProtocolError, ServerFailure
 from storage import (
     DEFAULT_MIN_FREE_SPACE,
@@ -222,7 +226,7 @@ def _written(store: FileStore, content: bytes) -> Partial:
 def test_a_partial_is_a_private_temporary_file_in_the_incoming_folder(store: FileStore) -> None:
     partial = _written(store, b"abc")
     assert partial.path.parent == store.root / INCOMING_DIR_NAME
-    assert partial.name.endswith(PARTIAL_SUFFIX)
+    assert re.fullmatch(rf"[0-9a-f]{{32}}{re.escape(PARTIAL_SUFFIX)}", partial.name), "128 random bits"
     assert stat.S_IMODE(partial.path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(partial.path.stat().st_mode) == 0o600
     assert partial.path.read_bytes() == b"abc"
@@ -458,8 +462,9 @@ def test_commit_into_a_client_folder_that_is_a_link_is_refused(store: FileStore,
 
 
 def test_reconcile_skips_what_is_not_a_regular_file_and_refuses_a_linked_client_folder(
-    store: FileStore, tmp_path: Path
+    store: FileStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="storage")
     kept = _stored(store, CLIENT, "kept.bin")
     folder = store.root / CLIENT.hex()
     (folder / "subfolder").mkdir()
@@ -476,6 +481,10 @@ def test_reconcile_skips_what_is_not_a_regular_file_and_refuses_a_linked_client_
     assert os.path.lexists(store.root / INCOMING_DIR_NAME / "fifo.part")
     assert (store.root / INCOMING_DIR_NAME / "sub").is_dir()
     assert (store.data_dir / kept).exists()
+    # The operator's log says what each skipped entry is.
+    for skipped in ("subfolder: a folder", "fifo: not a regular file", "link: a symbolic link"):
+        assert f"skipping {STORAGE_DIR_NAME}/{CLIENT.hex()}/{skipped}" in caplog.text, skipped
+    assert "skipping fifo.part in " in caplog.text and ": not a regular file" in caplog.text
     outside = tmp_path / "outside"
     outside.mkdir()
     (store.root / OTHER_CLIENT.hex()).symlink_to(outside, target_is_directory=True)
@@ -520,3 +529,194 @@ def test_reconcile_skips_a_file_named_like_a_client_folder(store: FileStore) -> 
     (store.root / CLIENT.hex()).write_bytes(b"not a folder")
     assert store.reconcile(set()) == set()
     assert (store.root / CLIENT.hex()).read_bytes() == b"not a folder"
+
+
+# --- free space on each platform --------------------------------------------------------
+
+
+def test_disk_space_counts_no_inodes_on_a_filesystem_without_an_inode_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = SimpleNamespace(f_bavail=10, f_frsize=4096, f_favail=7, f_files=0)  # btrfs reports f_files 0
+    monkeypatch.setattr(os, "statvfs", lambda path: fs)
+    assert disk_space(tmp_path) == DiskSpace(10 * 4096, None)
+    fs.f_files = 100
+    assert disk_space(tmp_path) == DiskSpace(10 * 4096, 7)
+
+
+def test_disk_space_without_statvfs_is_the_free_bytes_of_the_path_and_no_inode_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[object] = []
+
+    def disk_usage(path: object) -> SimpleNamespace:
+        asked.append(path)
+        return SimpleNamespace(total=1 << 30, used=1 << 20, free=12345)
+
+    monkeypatch.delattr(os, "statvfs")  # as on Windows
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert disk_space(tmp_path) == DiskSpace(12345, None)
+    assert asked == [tmp_path]
+
+
+def test_make_private_of_a_descriptor_sets_the_open_file_even_once_its_name_is_gone(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    moved = tmp_path / "moved"
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        target.rename(moved)
+        make_private(target, 0o600, fd)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+
+
+# --- the open folders: no path is followed once the store is open ----------------------------
+
+
+def _swap_storage_for_a_link(store: FileStore, tmp_path: Path) -> tuple[Path, Path]:
+    """Move the open storage folder aside and put a link to a decoy folder where it was, as
+    someone with write access to the data directory could: (the moved folder, the decoy)."""
+    moved = store.data_dir / "storage.moved"
+    store.root.rename(moved)
+    decoy = tmp_path / "decoy"
+    (decoy / INCOMING_DIR_NAME).mkdir(parents=True)
+    store.root.symlink_to(decoy, target_is_directory=True)
+    return moved, decoy
+
+
+def test_an_open_store_keeps_to_its_folder_when_storage_is_swapped_for_a_link(
+    store: FileStore, tmp_path: Path
+) -> None:
+    kept = _stored(store, CLIENT, "kept.bin", b"kept")
+    orphan = _stored(store, CLIENT, "orphan.bin")
+    gone = _stored(store, CLIENT, "gone.bin")
+    moved, decoy = _swap_storage_for_a_link(store, tmp_path)
+    # The decoy holds files at the same names: none of them may be touched.
+    decoys = [decoy / path_name.split("/", 1)[1] for path_name in (kept, orphan, gone)]
+    decoys[0].parent.mkdir()
+    for path in decoys:
+        path.write_bytes(b"decoy")
+
+    store.remove(gone)
+    new = _stored(store, OTHER_CLIENT, "new.bin", b"new")
+    partial = _written(store, b"half")
+    assert list((decoy / INCOMING_DIR_NAME).iterdir()) == [], "the partial is in the opened folder"
+    assert store.reconcile({kept, new}) == set()
+    store.end_upload(partial)
+
+    def inside(path_name: str) -> Path:
+        return moved / path_name.split("/", 1)[1]
+
+    assert inside(kept).read_bytes() == b"kept" and inside(new).read_bytes() == b"new"
+    assert not inside(gone).exists() and not inside(orphan).exists()
+    assert list((moved / INCOMING_DIR_NAME).iterdir()) == []
+    assert [path.read_bytes() for path in decoys] == [b"decoy"] * 3
+    assert not (decoy / OTHER_CLIENT.hex()).exists()
+
+
+def test_a_link_inside_the_open_storage_folder_is_refused_where_its_path_looks_fine(
+    store: FileStore, tmp_path: Path
+) -> None:
+    # The path check (os.path.islink) sees the decoy's real folder; the open folder holds a
+    # link there. Opening without following a link (O_NOFOLLOW) is what refuses it.
+    moved, decoy = _swap_storage_for_a_link(store, tmp_path)
+    (decoy / CLIENT.hex()).mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (moved / CLIENT.hex()).symlink_to(outside, target_is_directory=True)
+    partial = _written(store, b"x")
+    with pytest.raises(StorageError, match="cannot use the client's folder"):
+        store.commit_partial(partial, store.path_name(CLIENT, "x.bin"))
+    store.end_upload(partial)
+    assert list(outside.iterdir()) == [] and list((decoy / CLIENT.hex()).iterdir()) == []
+
+
+def test_incoming_is_opened_inside_the_storage_folder_just_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    decoy = tmp_path / "decoy"
+    (decoy / INCOMING_DIR_NAME).mkdir(parents=True)
+    real_open = storage._Folder.open
+
+    def open_then_swap(path: Path, parent: storage._Folder | None = None, create: bool = False) -> object:
+        folder = real_open(path, parent, create)
+        if parent is None:  # the storage folder, just opened: swap it for a link before incoming
+            path.rename(data_dir / "storage.moved")
+            path.symlink_to(decoy, target_is_directory=True)
+        return folder
+
+    monkeypatch.setattr(storage._Folder, "open", open_then_swap)
+    store = FileStore(data_dir, min_free_space=0)
+    partial = _written(store, b"x")
+    incoming = data_dir / "storage.moved" / INCOMING_DIR_NAME
+    assert [path.name for path in incoming.iterdir()] == [partial.name]
+    assert list((decoy / INCOMING_DIR_NAME).iterdir()) == []
+    store.end_upload(partial)
+
+
+@pytest.mark.parametrize("where", [STORAGE_DIR_NAME, f"{STORAGE_DIR_NAME}/{INCOMING_DIR_NAME}"])
+@pytest.mark.parametrize("dir_fd", [True, False], ids=["with dir_fd", "without dir_fd"])
+def test_a_file_where_a_storage_folder_belongs_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, dir_fd: bool
+) -> None:
+    monkeypatch.setattr(storage, "USES_DIR_FD", dir_fd)
+    (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / where).write_bytes(b"not a folder")
+    with pytest.raises(UnsafeStorage, match="is not a folder"):
+        FileStore(tmp_path)
+
+
+def test_without_dir_fd_the_store_works_by_full_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the platform has no dir_fd (Windows), every operation goes by the full path.
+    monkeypatch.setattr(storage, "USES_DIR_FD", False)
+    store = FileStore(tmp_path, min_free_space=0)
+    kept = _stored(store, CLIENT, "kept.bin", b"kept")
+    orphan = _stored(store, CLIENT, "orphan.bin")
+    gone = _stored(store, OTHER_CLIENT, "gone.bin")
+    partial = _written(store, b"half")
+    assert partial.path.read_bytes() == b"half"
+    store.remove(gone)
+    assert store.reconcile({kept}) == set()
+    store.end_upload(partial)
+    assert (tmp_path / kept).read_bytes() == b"kept"
+    assert not (tmp_path / orphan).exists() and not (tmp_path / gone).exists()
+    assert list((store.root / INCOMING_DIR_NAME).iterdir()) == []
+    (store.root / OTHER_CLIENT.hex()).rmdir()
+    (store.root / OTHER_CLIENT.hex()).symlink_to(tmp_path, target_is_directory=True)
+    partial = store.begin_upload(0)
+    with pytest.raises(StorageError, match="cannot use the client's folder"):
+        store.commit_partial(partial, store.path_name(OTHER_CLIENT, "x"))
+    store.end_upload(partial)
+
+
+def _lowest_free_descriptor() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+def test_the_store_closes_every_folder_it_opens(store: FileStore) -> None:
+    before = _lowest_free_descriptor()  # a descriptor left open would take this number
+    for name in ("a", "b"):
+        store.remove(_stored(store, CLIENT, name))
+    _stored(store, OTHER_CLIENT, "c")
+    store.reconcile(set())
+    assert _lowest_free_descriptor() == before
+
+
+def test_a_folder_closes_its_descriptor_once(tmp_path: Path) -> None:
+    folder = storage._Folder.open(tmp_path / "folder", create=True)
+    fd = folder.fd
+    assert fd is not None
+    folder.close()
+    folder.close()  # twice is fine
+    assert folder.fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)

@@ -79,8 +79,10 @@ def test_read_exact_into_of_nothing_reads_nothing() -> None:
 
 
 def test_a_stream_that_closes_early_is_a_peer_gone_saying_how_short() -> None:
-    with pytest.raises(PeerGone, match="closed 4 bytes short"):
+    with pytest.raises(PeerGone, match="closed 4 bytes short") as caught:
         read_exact_into(Trickle(b"123456", 4), memoryview(bytearray(10)), unguarded())
+    assert caught.value.missing == 4  # the server adds what the request has left unread
+    assert PeerGone("gone between requests").missing == 0, "unless told, nothing is missing"
 
 
 def test_the_guard_sees_every_piece(clock: Clock) -> None:
@@ -179,3 +181,22 @@ def test_skip_rest_reads_exactly_the_rest_of_the_payload(size: int) -> None:
     assert reader.unread == 0
     assert stream.rest() == b"NEXT"
     assert all(read <= SKIP_PIECE_SIZE for read in stream.reads)
+
+
+def test_a_new_payload_reader_is_not_framed_until_told_and_has_nothing_added() -> None:
+    reader = PayloadReader(Trickle(b"", 1), 259, unguarded())
+    assert reader.framed is False and reader.head_only_size == 0 and reader.unread == 259
+    reader.mark_framed()
+    assert reader.framed is True
+
+
+def test_extend_adds_bytes_to_the_payload_and_counts_them_apart() -> None:
+    # A 1028 that declared its head alone (§7): the content is added once the head is read.
+    stream = Trickle(b"head" + b"c" * 7 + b"NEXT", 5)
+    reader = PayloadReader(stream, 4, unguarded())
+    assert reader.read(4) == b"head"
+    reader.extend(3)
+    reader.extend(4)
+    assert reader.unread == 7 and reader.head_only_size == 7
+    assert reader.read_all() == b"c" * 7
+    assert stream.rest() == b"NEXT"

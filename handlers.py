@@ -10,13 +10,15 @@ code (2107 for all of them, §3); the connection loop in server.py sends it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from crypto_utils import (
-    CbcDecryptor,
+    CbcInPlaceDecryptor,
     Cksum,
     CryptoError,
     generate_aes_key,
@@ -56,6 +58,49 @@ log = logging.getLogger(__name__)
 # of the AES block; large enough that per-chunk overhead vanishes, small enough
 # that a hundred concurrent transfers stay within a few tens of MiB.
 CHUNK_SIZE = 256 * 1024
+# A file of LARGE_FILE_SIZE bytes or more is received LARGE_CHUNK_SIZE at a time, while
+# fewer than LARGE_BUFFERS other transfers hold a buffer that large (ReceiveBuffers): a
+# quarter of the system calls and loop turns per byte, and memory that stays bounded
+# (4 MiB at most) whatever the number of clients. The others use CHUNK_SIZE.
+LARGE_CHUNK_SIZE = 1024 * 1024
+LARGE_FILE_SIZE = 8 * 1024 * 1024
+LARGE_BUFFERS = 4
+
+
+class ReceiveBuffers:
+    """The buffers that 1028s are received into: one per transfer, at most `large` of them large.
+
+    Each buffer has CbcInPlaceDecryptor.SLACK bytes past its chunk: the content
+    is decrypted where it was received. `large_in_use` is how many large
+    buffers are out now (tests read it; a log line at debug level names each
+    transfer's chunk size).
+    """
+
+    def __init__(self, large: int = LARGE_BUFFERS) -> None:
+        self._large = threading.BoundedSemaphore(large)
+        self._count_lock = threading.Lock()
+        self.large_in_use = 0
+
+    @contextlib.contextmanager
+    def lease(self, content_size: int) -> Iterator[memoryview]:
+        """A buffer to receive `content_size` bytes in: LARGE_CHUNK_SIZE for a large file
+        while one is free (never waited for), else CHUNK_SIZE or the content's size if less."""
+        large = content_size >= LARGE_FILE_SIZE and self._large.acquire(blocking=False)
+        if large:
+            with self._count_lock:
+                self.large_in_use += 1
+        try:
+            chunk = LARGE_CHUNK_SIZE if large else min(CHUNK_SIZE, content_size)
+            yield memoryview(bytearray(chunk + CbcInPlaceDecryptor.SLACK))
+        finally:
+            if large:
+                with self._count_lock:
+                    self.large_in_use -= 1
+                self._large.release()
+
+
+# One for the whole server: the bound on large buffers holds across all connections.
+RECEIVE_BUFFERS = ReceiveBuffers()
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,7 @@ class RequestContext:
     peer: str = "-"  # host:port, for log lines
     max_file_size: int = MAX_CONTENT_SIZE_ON_WIRE  # --max-file-size
     decryption_failures: DecryptionFailures = field(default_factory=DecryptionFailures)
+    buffers: ReceiveBuffers = RECEIVE_BUFFERS
 
 
 Reply = tuple[ResponseCode, bytes] | None
@@ -167,22 +213,26 @@ def handle_send_file(ctx: RequestContext) -> Reply:
     client = _registered_client(ctx)
     assert client.aes_key is not None
     ctx.decryption_failures.check(client.client_id)  # Throttled: too many forged 1028s?
-    log.debug(
-        "%s client=%s: receiving %r, %d bytes",
-        ctx.peer,
-        client.client_id.hex(),
-        head.file_name,
-        head.content_size,
-    )
     path_name = ctx.store.path_name(client.client_id, head.file_name)
     if not ctx.db.may_add_file(client.client_id, head.file_name):
         raise LimitReached(f"client {client.client_id.hex()} has the most files it may have")
     partial = ctx.store.begin_upload(head.content_size)  # reserves the space until end_upload
     try:
         # The store owns the descriptor: it measures the file to count what is still reserved.
-        with open(partial.fd, "wb", buffering=0, closefd=False) as out:
+        with (
+            open(partial.fd, "wb", buffering=0, closefd=False) as out,
+            ctx.buffers.lease(head.content_size) as buffer,
+        ):
+            log.debug(
+                "%s client=%s: receiving %r, %d bytes, %d at a time",
+                ctx.peer,
+                client.client_id.hex(),
+                head.file_name,
+                head.content_size,
+                len(buffer) - CbcInPlaceDecryptor.SLACK,
+            )
             try:
-                checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out)
+                checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out, buffer)
             except DecryptionFailed:
                 ctx.decryption_failures.record(client.client_id, ctx.peer)
                 raise
@@ -212,24 +262,23 @@ def _place(ctx: RequestContext, partial: Partial, client_id: bytes, file_name: s
         ctx.store.remove(replaced)
 
 
-def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO) -> int:
+def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO, buffer: memoryview) -> int:
     """Decrypt `size` bytes of ciphertext from `payload` into `out`; return the cksum.
 
-    Two buffers for the whole transfer, whatever the file size: the socket is
-    read into one, which is decrypted into the other (decrypting in place would
-    need a copy of the ciphertext aside); that one is checksummed and written.
+    One buffer for the whole transfer, whatever the file size (ReceiveBuffers):
+    each chunk is read from the socket into it, decrypted there by OpenSSL,
+    checksummed and written. Its last SLACK bytes are OpenSSL's room.
     """
-    decryptor = CbcDecryptor(key, CHUNK_SIZE)
+    decryptor = CbcInPlaceDecryptor(key)
     checksum = Cksum()
-    received = memoryview(bytearray(min(CHUNK_SIZE, size)))
-    plain_buffer = memoryview(bytearray(len(received)))
+    chunk_size = len(buffer) - CbcInPlaceDecryptor.SLACK
     remaining = size
     while remaining:
-        ciphertext = received[: min(CHUNK_SIZE, remaining)]
-        payload.readinto(ciphertext)
-        remaining -= len(ciphertext)
-        plain = plain_buffer[: len(ciphertext)]
-        decryptor.decrypt_into(ciphertext, plain)
+        length = min(chunk_size, remaining)
+        payload.readinto(buffer[:length])
+        remaining -= length
+        decryptor.decrypt_in_place(buffer, length)
+        plain = buffer[:length]
         if not remaining:
             try:
                 plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -101,6 +102,40 @@ class ReceiveBuffers:
 
 # One for the whole server: the bound on large buffers holds across all connections.
 RECEIVE_BUFFERS = ReceiveBuffers()
+
+# The received file's pages are handed back to the kernel as it is written, a window at a
+# time (PageCacheRelease); where the platform has posix_fadvise.
+PAGE_CACHE_WINDOW = 8 * 1024 * 1024
+_fadvise = getattr(os, "posix_fadvise", None)
+
+
+class PageCacheRelease:
+    """Advises the kernel that the file's written pages are not needed (POSIX_FADV_DONTNEED).
+
+    On this project's VM a 1 GiB file written into fresh page cache costs the
+    host's page faults on every new page (bench/README.md): the server's CPU per
+    GiB and its speed both suffer. Every PAGE_CACHE_WINDOW bytes written, the
+    last two windows are advised: the older one has been written back since
+    the last advice and its pages are freed (and then reused by the next
+    writes); the newer one starts its writeback. So the file's page cache
+    stays a few windows large whatever its size. Measured in bench/README.md:
+    less CPU per GiB and more MB/s, disk writeback keeping up. Advice only: a
+    refusal (a filesystem that does not take it) is ignored.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.start = 0  # the advice covers the file from here ...
+        self.advised = 0  # ... to the end of the window advised last
+
+    def written(self, total: int, last: bool) -> None:
+        """`total` bytes of the file are written; `last`: all of them."""
+        if total - self.advised < PAGE_CACHE_WINDOW and not last:
+            return
+        if _fadvise is not None:
+            with contextlib.suppress(OSError):
+                _fadvise(self.fd, self.start, total - self.start, os.POSIX_FADV_DONTNEED)
+        self.start, self.advised = self.advised, total
 
 
 @dataclass(frozen=True)
@@ -267,11 +302,14 @@ def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryI
 
     One buffer for the whole transfer, whatever the file size (ReceiveBuffers):
     each chunk is read from the socket into it, decrypted there by OpenSSL,
-    checksummed and written. Its last SLACK bytes are OpenSSL's room.
+    checksummed and written. Its last SLACK bytes are OpenSSL's room. The
+    written pages go back to the kernel as the file grows (PageCacheRelease).
     """
     decryptor = CbcInPlaceDecryptor(key)
     checksum = Cksum()
+    page_cache = PageCacheRelease(out.fileno())
     chunk_size = len(buffer) - CbcInPlaceDecryptor.SLACK
+    written = 0
     remaining = size
     while remaining:
         length = min(chunk_size, remaining)
@@ -286,6 +324,8 @@ def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryI
                 raise DecryptionFailed(str(err)) from err
         checksum.update(plain)
         _write_all(out, plain)
+        written += len(plain)
+        page_cache.written(written, last=not remaining)
     return checksum.value
 
 

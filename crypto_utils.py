@@ -13,12 +13,19 @@ server's side) in place at about 0.14 s of CPU per GiB, against 0.28-0.37 s
 for pycryptodome's ECB plus XOR into a second buffer (CbcDecryptor, kept as
 the reference the tests and the C++ client's tests decrypt with).
 
+A thread inside OpenSSL when the interpreter shuts down aborts the process
+(SIGABRT) as it comes back for the GIL; `OPENSSL_GATE` holds the exit until
+every such call has returned (OpenSslGate says how).
+
 Weak by today's standards (fixed IV, no MAC, RSA-1024, SHA-1): fixed by the
 clients that exist. SECURITY.md says what that means and what the server does.
 """
 
 from __future__ import annotations
 
+import atexit
+import threading
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anycrc
@@ -95,6 +102,52 @@ def unwrap_aes_key(private_key: RSA.RsaKey, wrapped: bytes) -> bytes:
 # --- AES-128-CBC, streaming -------------------------------------------------
 
 
+class InterpreterExiting(RuntimeError):
+    """OpenSSL is not entered any more: the interpreter is shutting down."""
+
+
+class OpenSslGate:
+    """Counts the threads inside an OpenSSL call; at exit, waits for them and lets none in.
+
+    `cryptography` releases the GIL for the length of a cipher update. A thread
+    still inside one when the interpreter finalises (a daemon thread of the
+    server, a transfer in progress at SIGTERM) comes back to take the GIL,
+    which a finalising interpreter answers by ending the thread: an unwind
+    through Rust's frames, which aborts the whole process (SIGABRT, no clean
+    exit status). `close` runs at exit (atexit, before finalisation): from then
+    on a thread that would enter gets InterpreterExiting, and `close` returns
+    once the threads inside have come out (or after `timeout`).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.inside = 0
+        self.closed = False
+
+    def __enter__(self) -> None:
+        with self._changed:
+            if self.closed:
+                raise InterpreterExiting("the interpreter is shutting down")
+            self.inside += 1
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        with self._changed:
+            self.inside -= 1
+            self._changed.notify_all()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Let no thread in from now on; True once none is inside (False: `timeout` passed)."""
+        with self._changed:
+            self.closed = True
+            return self._changed.wait_for(lambda: not self.inside, timeout)
+
+
+OPENSSL_GATE = OpenSslGate()
+atexit.register(OPENSSL_GATE.close)
+
+
 def _openssl_cbc(key: bytes, encrypting: bool) -> CipherContext:
     """OpenSSL's AES-128-CBC with the zero IV and no padding of its own (PKCS#7 is done here).
 
@@ -122,7 +175,8 @@ def _update_in_place(context: CipherContext, buffer: memoryview, size: int) -> N
         raise ValueError(f"bad chunk size {size} for a buffer of {len(buffer)} bytes")
     if not size:
         return
-    written = context.update_into(buffer[:size], buffer)
+    with OPENSSL_GATE:
+        written = context.update_into(buffer[:size], buffer)
     if written != size:  # whole blocks in, none held back: OpenSSL returns them all
         raise AssertionError(f"OpenSSL processed {written} bytes of {size}")
 
@@ -223,7 +277,8 @@ class CbcEncryptor:
         if len(tail) >= AES_BLOCK_SIZE:
             raise ValueError("the tail must be shorter than one block")
         pad = AES_BLOCK_SIZE - len(tail)
-        last: bytes = self._encryptor.update(tail + bytes([pad]) * pad) + self._encryptor.finalize()
+        with OPENSSL_GATE:
+            last: bytes = self._encryptor.update(tail + bytes([pad]) * pad) + self._encryptor.finalize()
         return last
 
 

@@ -5,7 +5,7 @@ A real Database and FileStore on `tmp_path`; each 1028 comes through a TCP conne
 same PayloadReader the server uses. The content is decrypted in place by OpenSSL in one
 buffer per transfer: 256 KiB chunks, 1 MiB for files from 8 MiB on while fewer than
 LARGE_BUFFERS other transfers hold one (ReceiveBuffers). Among the fast tests mutmut runs
-(docs/testing.md). About 15 s.
+(docs/testing.md). About 5 s.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from Crypto.Util.Padding import pad
 
 import handlers
 from crypto_utils import (
+    OPENSSL_GATE,
+    CbcEncryptor,
     CbcInPlaceDecryptor,
     CryptoError,
+    InterpreterExiting,
+    OpenSslGate,
     cksum,
     encrypt,
 )
@@ -115,6 +119,63 @@ def test_in_place_decryption_of_the_largest_chunk_its_buffer_allows() -> None:
 def test_in_place_decryption_refuses_a_key_of_the_wrong_size(key_size: int) -> None:
     with pytest.raises(CryptoError, match=f"AES key is {key_size} bytes, expected 16"):
         CbcInPlaceDecryptor(bytes(key_size))
+
+
+# --- OpenSslGate -------------------------------------------------------------------------
+
+
+def test_the_gate_counts_the_threads_inside() -> None:
+    gate = OpenSslGate()
+    with gate:
+        assert gate.inside == 1
+        with gate:
+            assert gate.inside == 2
+        assert gate.inside == 1
+    assert gate.inside == 0
+    with pytest.raises(RuntimeError), gate:
+        raise RuntimeError("an error inside")
+    assert gate.inside == 0
+
+
+def test_the_gate_at_exit_waits_for_the_thread_inside_then_lets_none_in() -> None:
+    gate = OpenSslGate()
+    entered, leave = threading.Event(), threading.Event()
+    closed: list[bool] = []
+
+    def inside() -> None:
+        with gate:
+            entered.set()
+            leave.wait(WAIT)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    assert entered.wait(WAIT)
+    assert gate.close(timeout=0.01) is False  # still inside: close gives up after its timeout
+    closer = threading.Thread(target=lambda: closed.append(gate.close(timeout=WAIT)))
+    closer.start()
+    assert closed == [], "close returns only once the thread is out"
+    leave.set()
+    thread.join()
+    closer.join()
+    assert closed == [True]
+    with pytest.raises(InterpreterExiting), gate:
+        pass
+    assert gate.inside == 0
+
+
+def test_every_openssl_update_goes_through_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encryption and decryption both enter the module's gate, which is shut at exit."""
+    shut = OpenSslGate()
+    shut.close()
+    monkeypatch.setattr("crypto_utils.OPENSSL_GATE", shut)
+    buffer = memoryview(bytearray(48))
+    with pytest.raises(InterpreterExiting):
+        CbcInPlaceDecryptor(KEY).decrypt_in_place(buffer, 32)
+    with pytest.raises(InterpreterExiting):
+        CbcEncryptor(KEY).encrypt_in_place(buffer, 32)
+    with pytest.raises(InterpreterExiting):
+        CbcEncryptor(KEY).encrypt_final(b"tail")
+    assert not OPENSSL_GATE.closed
 
 
 # --- ReceiveBuffers ----------------------------------------------------------------------

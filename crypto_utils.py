@@ -5,17 +5,11 @@
   encryptor and decryptor working on caller-owned buffers.
 - The POSIX `cksum` checksum, computed incrementally.
 
-Two libraries: pycryptodome for RSA-OAEP; OpenSSL, through the `cryptography`
-package, for AES-CBC both ways, in place in the caller's buffer: encryption
-(the client's side) is sequential and OpenSSL runs it at more than twice
-pycryptodome's speed (CbcEncryptor says why that matters); decryption (the
-server's side) in place at about 0.14 s of CPU per GiB, against 0.28-0.37 s
-for pycryptodome's ECB plus XOR into a second buffer (CbcDecryptor, kept as
-the reference the tests and the C++ client's tests decrypt with).
-
-A thread inside OpenSSL when the interpreter shuts down aborts the process
-(SIGABRT) as it comes back for the GIL; `OPENSSL_GATE` holds the exit until
-every such call has returned (OpenSslGate says how).
+Two libraries: pycryptodome for RSA-OAEP and for CBC decryption (the server's
+side, run as ECB plus one XOR in C, at GB/s); OpenSSL, through the
+`cryptography` package, for CBC encryption (the client's side), which is
+sequential and which OpenSSL runs at more than twice pycryptodome's speed
+(CbcEncryptor says why that matters).
 
 Weak by today's standards (fixed IV, no MAC, RSA-1024, SHA-1): fixed by the
 clients that exist. SECURITY.md says what that means and what the server does.
@@ -23,9 +17,6 @@ clients that exist. SECURITY.md says what that means and what the server does.
 
 from __future__ import annotations
 
-import atexit
-import threading
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anycrc
@@ -102,85 +93,6 @@ def unwrap_aes_key(private_key: RSA.RsaKey, wrapped: bytes) -> bytes:
 # --- AES-128-CBC, streaming -------------------------------------------------
 
 
-class InterpreterExiting(RuntimeError):
-    """OpenSSL is not entered any more: the interpreter is shutting down."""
-
-
-class OpenSslGate:
-    """Counts the threads inside an OpenSSL call; at exit, waits for them and lets none in.
-
-    `cryptography` releases the GIL for the length of a cipher update. A thread
-    still inside one when the interpreter finalises (a daemon thread of the
-    server, a transfer in progress at SIGTERM) comes back to take the GIL,
-    which a finalising interpreter answers by ending the thread: an unwind
-    through Rust's frames, which aborts the whole process (SIGABRT, no clean
-    exit status). `close` runs at exit (atexit, before finalisation): from then
-    on a thread that would enter gets InterpreterExiting, and `close` returns
-    once the threads inside have come out (or after `timeout`).
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self.inside = 0
-        self.closed = False
-
-    def __enter__(self) -> None:
-        with self._changed:
-            if self.closed:
-                raise InterpreterExiting("the interpreter is shutting down")
-            self.inside += 1
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        with self._changed:
-            self.inside -= 1
-            self._changed.notify_all()
-
-    def close(self, timeout: float = 10.0) -> bool:
-        """Let no thread in from now on; True once none is inside (False: `timeout` passed)."""
-        with self._changed:
-            self.closed = True
-            return self._changed.wait_for(lambda: not self.inside, timeout)
-
-
-OPENSSL_GATE = OpenSslGate()
-atexit.register(OPENSSL_GATE.close)
-
-
-def _openssl_cbc(key: bytes, encrypting: bool) -> CipherContext:
-    """OpenSSL's AES-128-CBC with the zero IV and no padding of its own (PKCS#7 is done here).
-
-    Imported here, not at the top: the client and the bench encrypt, the
-    server decrypts; a process that does neither does not load OpenSSL's
-    bindings (several MiB of memory: bench/README.md reports the server's).
-    """
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
-
-    if len(key) != AES_KEY_SIZE:
-        raise CryptoError(f"AES key is {len(key)} bytes, expected {AES_KEY_SIZE}")
-    cipher = Cipher(algorithms.AES(key), modes.CBC(ZERO_IV))
-    return cipher.encryptor() if encrypting else cipher.decryptor()
-
-
-def _update_in_place(context: CipherContext, buffer: memoryview, size: int) -> None:
-    """Run `buffer[:size]` (whole blocks) through `context` in place; `buffer` has SLACK bytes more.
-
-    OpenSSL allows the output to be exactly the input when no partial block
-    is held back, which is always so here (whole blocks in, and no padding of
-    OpenSSL's own); `update_into` wants room for one block (15 bytes) past
-    its input, hence the slack.
-    """
-    if size % AES_BLOCK_SIZE or not 0 <= size <= len(buffer) - AES_BLOCK_SIZE:
-        raise ValueError(f"bad chunk size {size} for a buffer of {len(buffer)} bytes")
-    if not size:
-        return
-    with OPENSSL_GATE:
-        written = context.update_into(buffer[:size], buffer)
-    if written != size:  # whole blocks in, none held back: OpenSSL returns them all
-        raise AssertionError(f"OpenSSL processed {written} bytes of {size}")
-
-
 class CbcDecryptor:
     """AES-128-CBC decryption (zero IV) of a stream, chunk by chunk, into a separate buffer.
 
@@ -219,26 +131,6 @@ class CbcDecryptor:
         self._previous_block[:] = ciphertext[-AES_BLOCK_SIZE:]
 
 
-class CbcInPlaceDecryptor:
-    """AES-128-CBC decryption (zero IV) of a stream by OpenSSL, chunk by chunk, in place.
-
-    What the server runs on a 1028's content: one buffer per transfer, the
-    socket read into it and the plaintext left where the ciphertext was.
-    OpenSSL keeps the last ciphertext block of a chunk to chain the next one;
-    the PKCS#7 padding is left in the plaintext (padding_length checks it).
-    Tests compare the result with pycryptodome's CBC.
-    """
-
-    SLACK = AES_BLOCK_SIZE  # bytes past the chunk in the buffer given to decrypt_in_place
-
-    def __init__(self, key: bytes) -> None:
-        self._decryptor = _openssl_cbc(key, encrypting=False)
-
-    def decrypt_in_place(self, buffer: memoryview, size: int) -> None:
-        """Decrypt `buffer[:size]` (whole blocks) in place; `buffer` has SLACK bytes more."""
-        _update_in_place(self._decryptor, buffer, size)
-
-
 def padding_length(last_block: memoryview | bytes) -> int:
     """Validate the PKCS#7 padding at the end of the decrypted content; return its length."""
     if len(last_block) != AES_BLOCK_SIZE:
@@ -256,29 +148,44 @@ class CbcEncryptor:
     block's ciphertext, so one stream runs one block after another whatever
     the library. pycryptodome's loop does about 550 MB/s on one core here,
     OpenSSL's (through the `cryptography` package) about 1.3 GB/s, and this
-    is what bounds the client (bench/README.md).
+    is what bounds the client (README.md "Performance"). Decryption has no
+    such chain: CbcDecryptor stays on pycryptodome, as RSA-OAEP does.
 
-    Chunks are encrypted in place (_update_in_place): every chunk is whole
-    blocks, the tail goes to `encrypt_final`, and the caller's buffer holds
-    SLACK bytes past the chunk. Tests compare the result with pycryptodome's CBC.
+    Chunks are encrypted in place. OpenSSL allows the output to be exactly
+    the input when no partial block is held back, which is always so here
+    (every chunk is whole blocks, the tail goes to `encrypt_final`); and
+    `update_into` wants room for one block (15 bytes) past its input, so the
+    caller's buffer holds SLACK bytes past the chunk. Tests compare the result
+    with pycryptodome's CBC.
     """
 
     SLACK = AES_BLOCK_SIZE  # bytes past the chunk in the buffer given to encrypt_in_place
 
     def __init__(self, key: bytes) -> None:
-        self._encryptor = _openssl_cbc(key, encrypting=True)
+        # Imported here: the server never encrypts, and loading OpenSSL's bindings
+        # would add ~5 MiB to its memory (README.md "Performance" reports its peak).
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
+        if len(key) != AES_KEY_SIZE:
+            raise CryptoError(f"AES key is {len(key)} bytes, expected {AES_KEY_SIZE}")
+        self._encryptor: CipherContext = Cipher(algorithms.AES(key), modes.CBC(ZERO_IV)).encryptor()
 
     def encrypt_in_place(self, buffer: memoryview, size: int) -> None:
         """Encrypt `buffer[:size]` (whole blocks) in place; `buffer` has SLACK bytes more."""
-        _update_in_place(self._encryptor, buffer, size)
+        if size % AES_BLOCK_SIZE or not 0 <= size <= len(buffer) - self.SLACK:
+            raise ValueError(f"bad chunk size {size} for a buffer of {len(buffer)} bytes")
+        if not size:
+            return
+        written = self._encryptor.update_into(buffer[:size], buffer)
+        if written != size:  # whole blocks in, none held back: OpenSSL returns them all
+            raise AssertionError(f"OpenSSL encrypted {written} bytes of {size}")
 
     def encrypt_final(self, tail: bytes) -> bytes:
         """Pad and encrypt the last 0..15 bytes of the stream: always one 16-byte block."""
         if len(tail) >= AES_BLOCK_SIZE:
             raise ValueError("the tail must be shorter than one block")
         pad = AES_BLOCK_SIZE - len(tail)
-        with OPENSSL_GATE:
-            last: bytes = self._encryptor.update(tail + bytes([pad]) * pad) + self._encryptor.finalize()
+        last: bytes = self._encryptor.update(tail + bytes([pad]) * pad) + self._encryptor.finalize()
         return last
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from crypto_utils import (
-    CbcInPlaceDecryptor,
+    CbcDecryptor,
     Cksum,
     CryptoError,
     generate_aes_key,
@@ -69,12 +69,11 @@ LARGE_BUFFERS = 4
 
 
 class ReceiveBuffers:
-    """The buffers that 1028s are received into: one per transfer, at most `large` of them large.
+    """The buffers that 1028s are received into: two per transfer (the socket is read into
+    one, decrypted into the other), at most `large` transfers with large ones.
 
-    Each buffer has CbcInPlaceDecryptor.SLACK bytes past its chunk: the content
-    is decrypted where it was received. `large_in_use` is how many large
-    buffers are out now (tests read it; a log line at debug level names each
-    transfer's chunk size).
+    `large_in_use` is how many large pairs are out now (tests read it; a log
+    line at debug level names each transfer's chunk size).
     """
 
     def __init__(self, large: int = LARGE_BUFFERS) -> None:
@@ -83,16 +82,16 @@ class ReceiveBuffers:
         self.large_in_use = 0
 
     @contextlib.contextmanager
-    def lease(self, content_size: int) -> Iterator[memoryview]:
-        """A buffer to receive `content_size` bytes in: LARGE_CHUNK_SIZE for a large file
-        while one is free (never waited for), else CHUNK_SIZE or the content's size if less."""
+    def lease(self, content_size: int) -> Iterator[tuple[memoryview, memoryview]]:
+        """Two buffers to receive `content_size` bytes in: LARGE_CHUNK_SIZE for a large file
+        while a pair is free (never waited for), else CHUNK_SIZE or the content's size if less."""
         large = content_size >= LARGE_FILE_SIZE and self._large.acquire(blocking=False)
         if large:
             with self._count_lock:
                 self.large_in_use += 1
         try:
             chunk = LARGE_CHUNK_SIZE if large else min(CHUNK_SIZE, content_size)
-            yield memoryview(bytearray(chunk + CbcInPlaceDecryptor.SLACK))
+            yield memoryview(bytearray(chunk)), memoryview(bytearray(chunk))
         finally:
             if large:
                 with self._count_lock:
@@ -256,7 +255,7 @@ def handle_send_file(ctx: RequestContext) -> Reply:
         # The store owns the descriptor: it measures the file to count what is still reserved.
         with (
             open(partial.fd, "wb", buffering=0, closefd=False) as out,
-            ctx.buffers.lease(head.content_size) as buffer,
+            ctx.buffers.lease(head.content_size) as buffers,
         ):
             log.debug(
                 "%s client=%s: receiving %r, %d bytes, %d at a time",
@@ -264,10 +263,10 @@ def handle_send_file(ctx: RequestContext) -> Reply:
                 client.client_id.hex(),
                 head.file_name,
                 head.content_size,
-                len(buffer) - CbcInPlaceDecryptor.SLACK,
+                len(buffers[0]),
             )
             try:
-                checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out, buffer)
+                checksum = _receive_content(ctx.payload, head.content_size, client.aes_key, out, buffers)
             except DecryptionFailed:
                 ctx.decryption_failures.record(client.client_id, ctx.peer)
                 raise
@@ -297,26 +296,34 @@ def _place(ctx: RequestContext, partial: Partial, client_id: bytes, file_name: s
         ctx.store.remove(replaced)
 
 
-def _receive_content(payload: PayloadReader, size: int, key: bytes, out: BinaryIO, buffer: memoryview) -> int:
+def _receive_content(
+    payload: PayloadReader, size: int, key: bytes, out: BinaryIO, buffers: tuple[memoryview, memoryview]
+) -> int:
     """Decrypt `size` bytes of ciphertext from `payload` into `out`; return the cksum.
 
-    One buffer for the whole transfer, whatever the file size (ReceiveBuffers):
-    each chunk is read from the socket into it, decrypted there by OpenSSL,
-    checksummed and written. Its last SLACK bytes are OpenSSL's room. The
-    written pages go back to the kernel as the file grows (PageCacheRelease).
+    Two buffers for the whole transfer, whatever the file size (ReceiveBuffers):
+    the socket is read into one, which is decrypted into the other (decrypting
+    in place would need a copy of the ciphertext aside); that one is
+    checksummed and written. The written pages go back to the kernel as the
+    file grows (PageCacheRelease).
+
+    Not OpenSSL in place: the server's handler threads are daemon threads, and
+    one that has used OpenSSL and is still alive at exit makes the process
+    abort in OpenSSL's clean-up (SIGABRT after "stopped"; tests/test_server.py's
+    SIGTERM test, about one run in two; bench/README.md).
     """
-    decryptor = CbcInPlaceDecryptor(key)
+    received, plain_buffer = buffers
+    decryptor = CbcDecryptor(key, len(received))
     checksum = Cksum()
     page_cache = PageCacheRelease(out.fileno())
-    chunk_size = len(buffer) - CbcInPlaceDecryptor.SLACK
     written = 0
     remaining = size
     while remaining:
-        length = min(chunk_size, remaining)
-        payload.readinto(buffer[:length])
-        remaining -= length
-        decryptor.decrypt_in_place(buffer, length)
-        plain = buffer[:length]
+        ciphertext = received[: min(len(received), remaining)]
+        payload.readinto(ciphertext)
+        remaining -= len(ciphertext)
+        plain = plain_buffer[: len(ciphertext)]
+        decryptor.decrypt_into(ciphertext, plain)
         if not remaining:
             try:
                 plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]

@@ -181,7 +181,7 @@ class ServerFailure(RequestError):
 def encode_name(text: str) -> bytes:
     """Encode `text` as a 255-byte NUL-terminated, zero-filled ASCII field."""
     try:
-        raw = text.encode("ascii")
+        raw = text.encode("ascii")  # pragma: no mutate  (codec names are case-insensitive)
     except UnicodeEncodeError as err:
         raise ValueError(f"not ASCII: {text!r}") from err
     if len(raw) > MAX_NAME_CHARS:
@@ -202,7 +202,7 @@ def decode_name(field: bytes) -> str:
     if not nul:
         raise MalformedPayload("text field has no NUL terminator")
     try:
-        decoded = text.decode("ascii")
+        decoded = text.decode("ascii")  # pragma: no mutate  (codec names are case-insensitive)
     except UnicodeDecodeError as err:
         raise MalformedPayload("text field is not ASCII") from err
     if not decoded:

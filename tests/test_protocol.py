@@ -105,6 +105,13 @@ def test_file_received_vector() -> None:
     assert pack_response(ResponseCode.FILE_RECEIVED, raw)[:7] == bytes.fromhex("03370817010000")
 
 
+def test_a_request_or_response_without_a_payload_declares_size_zero() -> None:
+    # A header alone, as 2101 and 2104 are: the default payload is empty.
+    header = CLIENT_ID + bytes.fromhex("03010400000000")
+    assert protocol.pack_request(CLIENT_ID, RequestCode.REGISTER) == header
+    assert pack_response(ResponseCode.ACK) == bytes.fromhex("03380800000000")
+
+
 def test_aes_key_response_vector() -> None:
     wrapped = bytes(range(128))
     response = AesKeyResponse(CLIENT_ID, wrapped)

@@ -124,37 +124,43 @@ AesCbcEncryptor::AesCbcEncryptor(AesCbcEncryptor&&) noexcept = default;
 AesCbcEncryptor& AesCbcEncryptor::operator=(AesCbcEncryptor&&) noexcept = default;
 AesCbcEncryptor::~AesCbcEncryptor() = default;
 
-void AesCbcEncryptor::update(const std::uint8_t* data, std::size_t size, Bytes& out) {
+std::size_t AesCbcEncryptor::update(const std::uint8_t* data, std::size_t size, std::uint8_t* out) {
     constexpr std::size_t block = proto::kAesBlockSize;
     Impl& s = *impl_;
     if (s.finished) {
         throw CryptoError("AesCbcEncryptor::update after finish");
     }
-    if (s.tail_size > 0) {
+    std::size_t written = 0;
+    if (s.tail_size > 0 && size > 0) {
+        if (out == data) {
+            // The held-over block would be written over bytes of `data` not read yet.
+            throw CryptoError("AesCbcEncryptor::update in place while a partial block is held over");
+        }
         const std::size_t take = std::min(block - s.tail_size, size);
         std::copy_n(data, take, s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size));
         s.tail_size += take;
         data += take;
         size -= take;
         if (s.tail_size < block) {
-            return;
+            return 0;
         }
-        const std::size_t at = out.size();
-        out.resize(at + block);
-        s.cipher.ProcessData(out.data() + at, s.tail.data(), block);
+        s.cipher.ProcessData(out, s.tail.data(), block);
         s.tail_size = 0;
+        written = block;
     }
     const std::size_t whole = size - size % block;
     if (whole > 0) {
-        const std::size_t at = out.size();
-        out.resize(at + whole);
-        s.cipher.ProcessData(out.data() + at, data, whole);
+        // Crypto++ allows the input and the output to be the same memory.
+        s.cipher.ProcessData(out + written, data, whole);
+        written += whole;
     }
-    std::copy_n(data + whole, size - whole, s.tail.begin());
-    s.tail_size = size - whole;
+    // Read after the blocks before it were written: in place, these bytes are past them.
+    std::copy_n(data + whole, size - whole, s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size));
+    s.tail_size += size - whole;
+    return written;
 }
 
-void AesCbcEncryptor::finish(Bytes& out) {
+std::size_t AesCbcEncryptor::finish(std::uint8_t* out) {
     Impl& s = *impl_;
     if (s.finished) {
         throw CryptoError("AesCbcEncryptor::finish called twice");
@@ -162,10 +168,9 @@ void AesCbcEncryptor::finish(Bytes& out) {
     // PKCS#7: always 1..16 bytes, each holding the padding length.
     const auto pad = static_cast<std::uint8_t>(proto::kAesBlockSize - s.tail_size);
     std::fill(s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size), s.tail.end(), pad);
-    const std::size_t at = out.size();
-    out.resize(at + proto::kAesBlockSize);
-    s.cipher.ProcessData(out.data() + at, s.tail.data(), proto::kAesBlockSize);
+    s.cipher.ProcessData(out, s.tail.data(), proto::kAesBlockSize);
     s.finished = true;
+    return proto::kAesBlockSize;
 }
 
 }  // namespace crypto

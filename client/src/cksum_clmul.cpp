@@ -13,31 +13,16 @@
 // 0, which yields (X x^(8 t) + tail) x^32 mod P: the CRC register of the whole message. The
 // register fed in (`crc`) is added to the first 4 bytes: crc x^(8n) = (crc x^(8n-32)) x^32.
 //
-// Portability: the x86-64 part is compiled only for x86-64 (__x86_64__, or _M_X64 without
-// ARM64EC). GCC and Clang (MinGW included) compile these functions for PCLMULQDQ and SSSE3
-// through a target attribute and ask the processor with __builtin_cpu_supports; MSVC needs
-// no attribute (its intrinsics are always available on x64) and asks with __cpuid. Elsewhere
-// (ARM, 32-bit x86) clmul_available() is false and Cksum uses the tables.
+// Built for x86-64 only, for PCLMULQDQ and SSSE3 (x86_features.hpp says how, for each compiler);
+// elsewhere clmul_available() is false and Cksum uses the tables.
 #include <stdexcept>
 
 #include "cksum.hpp"
-
-#if defined(__x86_64__) || (defined(_M_X64) && !defined(_M_ARM64EC))
-#define CKSUM_CLMUL 1
-#include <immintrin.h>  // SSE2, SSSE3 (_mm_shuffle_epi8), PCLMULQDQ (_mm_clmulepi64_si128)
-#if defined(_MSC_VER)
-#include <intrin.h>  // __cpuid
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define CKSUM_CLMUL_TARGET __attribute__((target("pclmul,ssse3")))
-#else
-#define CKSUM_CLMUL_TARGET
-#endif
-#endif
+#include "x86_features.hpp"
 
 namespace cksum_kernel {
 
-#if defined(CKSUM_CLMUL)
+#if defined(CLIENT_X86_64)
 
 namespace {
 
@@ -55,35 +40,27 @@ constexpr std::uint64_t x_power_mod(unsigned n) {
     return remainder;
 }
 
-bool processor_has_clmul() {
-#if defined(_MSC_VER)
-    int registers[4] = {};
-    __cpuid(registers, 1);
-    const int ecx = registers[2];
-    return (ecx & (1 << 1)) != 0 && (ecx & (1 << 9)) != 0;  // PCLMULQDQ, SSSE3
-#else
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3");
-#endif
-}
+// The folding constants: x^(D+64) mod P and x^D mod P for D = 512 and D = 128.
+constexpr std::uint64_t kFold512High = x_power_mod(512 + 64);
+constexpr std::uint64_t kFold512Low = x_power_mod(512);
+constexpr std::uint64_t kFold128High = x_power_mod(128 + 64);
+constexpr std::uint64_t kFold128Low = x_power_mod(128);
 
 // 16 bytes, the first at the top: bit i of the result is the coefficient of x^i.
-CKSUM_CLMUL_TARGET inline __m128i load_block(const std::uint8_t* at, __m128i reverse) {
+CLIENT_TARGET("pclmul,ssse3") inline __m128i load_block(const std::uint8_t* at, __m128i reverse) {
     return _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)), reverse);
 }
 
 // X x^D mod P, up to 128 bits, for constants (x^(D+64) mod P, x^D mod P) in (high, low).
-CKSUM_CLMUL_TARGET inline __m128i fold(__m128i x, __m128i constants) {
+CLIENT_TARGET("pclmul,ssse3") inline __m128i fold(__m128i x, __m128i constants) {
     return _mm_xor_si128(_mm_clmulepi64_si128(x, constants, 0x11), _mm_clmulepi64_si128(x, constants, 0x00));
 }
 
 // At least 64 bytes.
-CKSUM_CLMUL_TARGET std::uint32_t fold_message(std::uint32_t crc, const std::uint8_t* data, std::size_t size) {
+CLIENT_TARGET("pclmul,ssse3") std::uint32_t fold_message(std::uint32_t crc, const std::uint8_t* data, std::size_t size) {
     const __m128i reverse = _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m128i by_512 =
-        _mm_set_epi64x(static_cast<long long>(x_power_mod(512 + 64)), static_cast<long long>(x_power_mod(512)));
-    const __m128i by_128 =
-        _mm_set_epi64x(static_cast<long long>(x_power_mod(128 + 64)), static_cast<long long>(x_power_mod(128)));
+    const __m128i by_512 = _mm_set_epi64x(static_cast<long long>(kFold512High), static_cast<long long>(kFold512Low));
+    const __m128i by_128 = _mm_set_epi64x(static_cast<long long>(kFold128High), static_cast<long long>(kFold128Low));
     const std::uint8_t* const end = data + size;
 
     __m128i x0 = _mm_xor_si128(load_block(data, reverse), _mm_set_epi32(static_cast<int>(crc), 0, 0, 0));
@@ -113,8 +90,7 @@ CKSUM_CLMUL_TARGET std::uint32_t fold_message(std::uint32_t crc, const std::uint
 }  // namespace
 
 bool clmul_available() {
-    static const bool available = processor_has_clmul();
-    return available;
+    return x86::features().pclmul && x86::features().ssse3;
 }
 
 std::uint32_t update_clmul(std::uint32_t crc, const std::uint8_t* data, std::size_t size) {

@@ -59,7 +59,12 @@ private:
 // encryption may be in place.
 class AesCbcEncryptor {
 public:
-    explicit AesCbcEncryptor(const AesKey& key);
+    // Crypto++, or AES-NI instructions of our own (aes_ni.hpp) where the processor has them:
+    // the same bytes, the second a fifth cheaper. Kernel::AesNi where it has not throws
+    // CryptoError.
+    enum class Kernel { Fastest, CryptoPP, AesNi };
+
+    explicit AesCbcEncryptor(const AesKey& key, Kernel kernel = Kernel::Fastest);
     AesCbcEncryptor(AesCbcEncryptor&&) noexcept;
     AesCbcEncryptor& operator=(AesCbcEncryptor&&) noexcept;
     ~AesCbcEncryptor();
@@ -72,6 +77,8 @@ public:
     // Pads the tail (1..16 bytes of padding) and writes the last block: 16 bytes, returned.
     // Call once.
     std::size_t finish(std::uint8_t* out);
+    // The kernel in use (never Fastest).
+    Kernel kernel() const;
 
 private:
     struct Impl;

@@ -20,6 +20,7 @@
 #include <cryptopp/osrng.h>
 #include <cryptopp/rsa.h>
 
+#include "aes_ni.hpp"
 #include "cksum.hpp"
 #include "connection.hpp"
 #include "crypto.hpp"
@@ -337,16 +338,28 @@ crypto::AesKey counting_key() {
     return key;
 }
 
+using AesKernel = crypto::AesCbcEncryptor::Kernel;
+
+// The AES kernels this build and this processor can run: Crypto++ always, AES-NI on x86-64
+// with it (tests/test_cpp_client.py checks that the CPUs that have it do test it).
+std::vector<AesKernel> aes_kernels() {
+    std::vector<AesKernel> kernels = {AesKernel::CryptoPP};
+    if (aes_ni::available()) {
+        kernels.push_back(AesKernel::AesNi);
+    }
+    return kernels;
+}
+
 // Into a separate buffer, `step` bytes at a time; each update's output right after the last.
-Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step) {
-    crypto::AesCbcEncryptor encryptor(counting_key());
+Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step, AesKernel kernel = AesKernel::Fastest,
+                        const crypto::AesKey& key = counting_key()) {
+    crypto::AesCbcEncryptor encryptor(key, kernel);
     Bytes out(plain.size() + proto::kAesBlockSize);
     std::size_t written = 0;
     for (std::size_t at = 0; at < plain.size(); at += step) {
         const std::size_t size = std::min(step, plain.size() - at);
         const std::size_t held_over = at - written;  // plaintext bytes not yet encrypted
         const std::size_t produced = encryptor.update(plain.data() + at, size, out.data() + written);
-        CHECK(produced % proto::kAesBlockSize == 0);
         CHECK(produced == (held_over + size) / proto::kAesBlockSize * proto::kAesBlockSize);
         written += produced;
     }
@@ -356,8 +369,9 @@ Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step) {
 }
 
 // In place, as the client sends: `step` a multiple of 16, the last chunk's padding after it.
-Bytes encrypt_in_place(Bytes data, std::size_t step) {
-    crypto::AesCbcEncryptor encryptor(counting_key());
+Bytes encrypt_in_place(Bytes data, std::size_t step, AesKernel kernel = AesKernel::Fastest,
+                       const crypto::AesKey& key = counting_key()) {
+    crypto::AesCbcEncryptor encryptor(key, kernel);
     const std::size_t size = data.size();
     data.resize(size + proto::kAesBlockSize, 0xEE);
     std::size_t written = 0;
@@ -373,12 +387,40 @@ Bytes encrypt_in_place(Bytes data, std::size_t step) {
 
 void test_aes_vectors() {
     // Computed independently (pycryptodome, AES-128-CBC, key 00..0f, zero IV, PKCS#7).
-    CHECK(hex(encrypt_in_chunks({}, 1)) == "954f64f2e4e86e9eee82d20216684899");
-    CHECK(hex(encrypt_in_chunks(as_bytes("a"), 1)) == "fe123486508b0eb503a8468388ef5812");
-    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdef"), 5)) ==
-          "281567ab2f4cf0d73d3198225b8b83938e0d4fe286966ba47afeab038d2e3acc");
-    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdefg"), 16)) ==
-          "281567ab2f4cf0d73d3198225b8b83938fdfbeab543be7f891a15aad9d71ff66");
+    for (const AesKernel kernel : aes_kernels()) {
+        CHECK(hex(encrypt_in_chunks({}, 1, kernel)) == "954f64f2e4e86e9eee82d20216684899");
+        CHECK(hex(encrypt_in_chunks(as_bytes("a"), 1, kernel)) == "fe123486508b0eb503a8468388ef5812");
+        CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdef"), 5, kernel)) ==
+              "281567ab2f4cf0d73d3198225b8b83938e0d4fe286966ba47afeab038d2e3acc");
+        CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdefg"), 16, kernel)) ==
+              "281567ab2f4cf0d73d3198225b8b83938fdfbeab543be7f891a15aad9d71ff66");
+        CHECK(crypto::AesCbcEncryptor(counting_key(), kernel).kernel() == kernel);
+    }
+    // FIPS-197 appendix C.1 (one block; with a zero IV, CBC's first block is the cipher's).
+    const Bytes fips_key = from_hex("000102030405060708090a0b0c0d0e0f");
+    crypto::AesKey key{};
+    std::copy(fips_key.begin(), fips_key.end(), key.begin());
+    const Bytes fips_plain = from_hex("00112233445566778899aabbccddeeff");
+    for (const AesKernel kernel : aes_kernels()) {
+        const Bytes ours = encrypt_in_chunks(fips_plain, 16, kernel, key);
+        CHECK(hex(Bytes(ours.begin(), ours.begin() + 16)) == "69c4e0d86a7b0430d8cdb78070b4c55a");
+    }
+    std::cout << "aes kernels tested:" << (aes_ni::available() ? " crypto++ aes-ni" : " crypto++") << "\n";
+}
+
+void test_aes_fastest_kernel() {
+    const crypto::AesCbcEncryptor fastest(counting_key());
+    CHECK(fastest.kernel() == (aes_ni::available() ? AesKernel::AesNi : AesKernel::CryptoPP));
+    if (aes_ni::available()) {
+        const aes_ni::KeySchedule schedule = aes_ni::expand_key(counting_key().data());
+        std::uint8_t chain[16] = {};
+        Bytes data(17);
+        CHECK_THROWS(std::invalid_argument, aes_ni::cbc_encrypt(schedule, chain, data.data(), data.data(), 17),
+                     "multiple of 16");
+    } else {
+        CHECK_THROWS(crypto::CryptoError, crypto::AesCbcEncryptor(counting_key(), AesKernel::AesNi), "AES-NI");
+        CHECK_THROWS(std::logic_error, aes_ni::expand_key(counting_key().data()), "aes_ni");
+    }
 }
 
 void test_aes_matches_crypto_filter() {
@@ -393,16 +435,43 @@ void test_aes_matches_crypto_filter() {
         reference.SetKeyWithIV(key.data(), key.size(), iv, sizeof iv);
         CryptoPP::StringSource(plain.data(), plain.size(), true,
                                new CryptoPP::StreamTransformationFilter(reference, new CryptoPP::StringSink(expected)));
-        for (std::size_t step : {1u, 7u, 16u, 1000u, 65536u}) {
-            const Bytes ours = encrypt_in_chunks(plain, step);
-            CHECK(ours.size() == proto::encrypted_size(size));
-            CHECK(std::string(ours.begin(), ours.end()) == expected);
-        }
-        for (std::size_t step : {16u, 64u, 65536u}) {
-            const Bytes ours = encrypt_in_place(plain, step);
-            CHECK(std::string(ours.begin(), ours.end()) == expected);
+        for (const AesKernel kernel : aes_kernels()) {
+            for (std::size_t step : {1u, 7u, 16u, 1000u, 65536u}) {
+                const Bytes ours = encrypt_in_chunks(plain, step, kernel);
+                CHECK(ours.size() == proto::encrypted_size(size));
+                CHECK(std::string(ours.begin(), ours.end()) == expected);
+            }
+            for (std::size_t step : {16u, 64u, 65536u}) {
+                const Bytes ours = encrypt_in_place(plain, step, kernel);
+                CHECK(std::string(ours.begin(), ours.end()) == expected);
+            }
         }
     }
+}
+
+// AES-NI against Crypto++: random keys, random lengths 0..4096, cut at random places, apart
+// and in place.
+void test_aes_kernels_agree() {
+    if (!aes_ni::available()) {
+        return;  // one kernel: nothing to compare (test_aes_vectors says which were tested)
+    }
+    std::mt19937 random(20261202u);
+    int disagreements = 0;
+    for (int round = 0; round < 300; ++round) {
+        crypto::AesKey key{};
+        for (auto& byte : key) byte = static_cast<std::uint8_t>(random());
+        Bytes plain(random() % 4097);
+        for (auto& byte : plain) byte = static_cast<std::uint8_t>(random());
+        const std::size_t step = 1 + random() % 700;
+        const std::size_t blocks_step = 16 * (1 + random() % 40);
+        const Bytes reference = encrypt_in_chunks(plain, plain.size() + 1, AesKernel::CryptoPP, key);
+        if (encrypt_in_chunks(plain, step, AesKernel::AesNi, key) != reference ||
+            encrypt_in_place(plain, blocks_step, AesKernel::AesNi, key) != reference ||
+            encrypt_in_place(plain, blocks_step, AesKernel::CryptoPP, key) != reference) {
+            ++disagreements;
+        }
+    }
+    CHECK(disagreements == 0);
 }
 
 void test_aes_in_place_needs_whole_blocks() {
@@ -601,6 +670,8 @@ int main() {
         {"response payloads", test_response_payloads},
         {"client id hex", test_client_id_hex},
         {"aes vectors", test_aes_vectors},
+        {"aes fastest kernel", test_aes_fastest_kernel},
+        {"aes kernels agree", test_aes_kernels_agree},
         {"aes matches crypto++ filter", test_aes_matches_crypto_filter},
         {"aes in place needs whole blocks", test_aes_in_place_needs_whole_blocks},
         {"rsa roundtrip", test_rsa_roundtrip},

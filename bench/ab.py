@@ -1,6 +1,6 @@
 """A/B runs: two source trees of this project, measured in one run, alternately.
 
-    python -m bench.ab A_DIR B_DIR [--side server|client] [--size 1G] [--runs 6]
+    python -m bench.ab A_DIR B_DIR [--side server|client|cpp] [--size 1G] [--runs 6]
 
 Each tree is a copy of the project (`git archive COMMIT | tar -x -C DIR`).
 - `--side server`: a server from each tree; each run sends it the content
@@ -9,6 +9,11 @@ Each tree is a copy of the project (`git archive COMMIT | tar -x -C DIR`).
 - `--side client`: one server (this tree's); each run is the Python client
   of one tree, in a process of its own, sending the file; the client's and
   the server's CPU seconds and the throughput.
+- `--side cpp`: one server (this tree's); each tree's C++ client is built
+  first (cmake, Release, in DIR/build/client), registers in an untimed run,
+  then each run is one transfer of the file by it; the whole client process's
+  CPU seconds, the server's, and the server's timing of the 1028 (as `python
+  -m bench` times the C++ client).
 
 The runs alternate A, B, B, A, A, B, ... so that a drift in the machine's load
 weighs on both alike; each run starts after `sync`. Prints every run and the
@@ -29,7 +34,7 @@ from pathlib import Path
 from bench.processes import OurServer
 from bench.report import GIB, size_label
 from bench.run import parse_size
-from bench.workloads import PreEncryptedSender, Timing, make_file, remove_tree
+from bench.workloads import CppSender, PreEncryptedSender, Timing, make_file, remove_tree
 from crypto_utils import generate_rsa_key
 
 # The client side's run, in a process whose imports come from the tree under test. It
@@ -76,10 +81,27 @@ def _client_run(tree: Path, server: OurServer, path: Path) -> Timing:
     return Timing(seconds, client_cpu, server_cpu)
 
 
+BUILD_TIMEOUT = 900  # seconds for one configure or build of a tree's C++ client
+
+
+def build_cpp_client(tree: Path) -> Path:
+    """Configures and builds `tree`'s C++ client (Release, in tree/build/client); its program."""
+    build_dir = tree / "build" / "client"
+    commands = [
+        ["cmake", "-S", str(tree / "client"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2), "--target", "client"],
+    ]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return build_dir / "client"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs=2, type=Path, metavar="DIR", help="tree A, tree B")
-    parser.add_argument("--side", choices=["server", "client"], default="server")
+    parser.add_argument("--side", choices=["server", "client", "cpp"], default="server")
     parser.add_argument("--size", type=parse_size, default=parse_size("1G"))
     parser.add_argument("--runs", type=int, default=6, help="runs of each tree (default 6)")
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
@@ -87,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     trees = [tree.resolve() for tree in args.trees]
     work = Path(tempfile.mkdtemp(prefix="bench-ab-", dir=args.tmp))
     timings: list[list[Timing]] = [[], []]
+    binaries = [build_cpp_client(tree) for tree in trees] if args.side == "cpp" else []
     try:
         source = work / "file.bin"
         make_file(source, args.size)
         servers = []
         senders: list[PreEncryptedSender] = []
+        cpp_senders: list[CppSender] = []
         for index, tree in enumerate(trees):
-            if args.side == "client" and index == 1:
+            if args.side in ("client", "cpp") and index == 1:
                 break  # one server for both clients
             server_py = tree / "server.py" if args.side == "server" else OurServer.server_py
             server = OurServer(work / f"server-{index}", server_py=server_py).__enter__()
@@ -101,11 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.side == "server":
                 rsa_key = generate_rsa_key()
                 senders.append(PreEncryptedSender(server, rsa_key, source, work / f"file-{index}.enc"))
+        for index, binary in enumerate(binaries):
+            cpp_senders.append(CppSender(binary, work / f"cpp-{index}", servers[0]))
+            cpp_senders[-1].send(source)  # untimed: registers, and warms the file
         try:
             for index in _order(args.runs):
                 os.sync()
                 if args.side == "server":
                     timing = senders[index].send()
+                elif args.side == "cpp":
+                    timing = cpp_senders[index].send(source)
                 else:
                     timing = _client_run(trees[index], servers[0], source)
                 timings[index].append(timing)

@@ -346,6 +346,29 @@ def register_and_send(
 # --- unit tests through ctest ----------------------------------------------------------------
 
 
+def _cpu_flags() -> set[str]:
+    """The processor's feature flags as Linux names them (/proc/cpuinfo); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(match[1].split()) if match else set()
+
+
+def assert_fast_kernels_tested(output: str) -> None:
+    """The unit tests compare the x86 kernels with the portable ones wherever the CPU has them.
+
+    They run a kernel only on a processor that has its instructions, and say which ran: on
+    one that has them (this one, and wine runs on it too), all must have been tested.
+    """
+    flags = _cpu_flags()
+    if {"pclmulqdq", "ssse3"} <= flags:
+        assert "cksum kernels tested: table clmul" in output, output
+    if "aes" in flags:
+        assert "aes kernels tested: crypto++ aes-ni" in output, output
+
+
 def test_unit_tests_pass(cpp_client: ClientBuild) -> None:
     """Through ctest natively; the Windows build's client_tests.exe directly under wine."""
     if cpp_client.wine:
@@ -362,9 +385,10 @@ def test_unit_tests_pass(cpp_client: ClientBuild) -> None:
         assert completed.returncode == 0, output
         assert re.search(r"^\d+ checks, 0 failed$", output, re.MULTILINE), output
         assert "FAIL" not in output, output
+        assert_fast_kernels_tested(output)
         return
     completed = subprocess.run(
-        ["ctest", "--test-dir", str(cpp_client.build_dir), "--output-on-failure"],
+        ["ctest", "--test-dir", str(cpp_client.build_dir), "--output-on-failure", "--verbose"],
         check=False,
         capture_output=True,
         text=True,
@@ -375,6 +399,7 @@ def test_unit_tests_pass(cpp_client: ClientBuild) -> None:
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "100% tests passed" in output, output
+    assert_fast_kernels_tested(output)
     cpp_client.assert_no_sanitizer_report(output)
 
 

@@ -1,7 +1,9 @@
-// Slice-by-8 table-driven POSIX cksum (MSB-first CRC-32).
+// Slice-by-8 table-driven POSIX cksum (MSB-first CRC-32), and the Cksum class that picks a
+// kernel (the carry-less multiplication one is in cksum_clmul.cpp).
 #include "cksum.hpp"
 
 #include <array>
+#include <stdexcept>
 
 namespace {
 
@@ -39,9 +41,9 @@ inline std::uint32_t feed_byte(std::uint32_t crc, std::uint8_t byte) {
 
 }  // namespace
 
-void Cksum::update(const std::uint8_t* data, std::size_t size) {
-    length_ += size;
-    std::uint32_t crc = crc_;
+namespace cksum_kernel {
+
+std::uint32_t update_table(std::uint32_t crc, const std::uint8_t* data, std::size_t size) {
     while (size >= 8) {
         const std::uint32_t high = crc ^ ((std::uint32_t{data[0]} << 24) | (std::uint32_t{data[1]} << 16) |
                                           (std::uint32_t{data[2]} << 8) | std::uint32_t{data[3]});
@@ -55,7 +57,31 @@ void Cksum::update(const std::uint8_t* data, std::size_t size) {
         crc = feed_byte(crc, *data++);
         --size;
     }
-    crc_ = crc;
+    return crc;
+}
+
+}  // namespace cksum_kernel
+
+Cksum::Cksum(Kernel kernel) {
+    switch (kernel) {
+        case Kernel::Fastest:
+            clmul_ = cksum_kernel::clmul_available();
+            break;
+        case Kernel::Table:
+            clmul_ = false;
+            break;
+        case Kernel::Clmul:
+            if (!cksum_kernel::clmul_available()) {
+                throw std::logic_error("the carry-less multiplication cksum is not available here");
+            }
+            clmul_ = true;
+            break;
+    }
+}
+
+void Cksum::update(const std::uint8_t* data, std::size_t size) {
+    length_ += size;
+    crc_ = clmul_ ? cksum_kernel::update_clmul(crc_, data, size) : cksum_kernel::update_table(crc_, data, size);
 }
 
 std::uint32_t Cksum::value() const {

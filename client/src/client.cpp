@@ -66,6 +66,11 @@ struct Identity {
     ClientId id{};
 };
 
+// `size` rounded down to whole AES blocks, at least one block.
+std::size_t whole_blocks(std::size_t size) {
+    return std::max(size - size % proto::kAesBlockSize, proto::kAesBlockSize);
+}
+
 struct FileAttempt {
     std::uint32_t local_cksum = 0;
     std::uint32_t server_cksum = 0;
@@ -342,35 +347,47 @@ private:
 
     // One 1028: reads, checksums and encrypts the file chunk by chunk and streams it out; the
     // header and the first chunk leave in one write. Then reads and checks 2103.
+    //
+    // One buffer serves every chunk (and every attempt): the file is read into it, checksummed
+    // and encrypted in place, and written from it. Chunks are whole AES blocks, so no partial
+    // block is ever held over and the ciphertext of a chunk is exactly where its plaintext was;
+    // the last one gets its padding block in the room after it.
     FileAttempt send_file_once() {
         const auto content_size = static_cast<std::uint32_t>(proto::encrypted_size(file_size_));
         std::ifstream in(file_path(), std::ios::binary);
         if (!in) {
             throw FatalError("cannot open the file to send '" + transfer_.file_path_text + "' for reading");
         }
-        Bytes message = proto::encode_send_file_prefix(identity_.id, content_size, transfer_.file_name);
-        message.reserve(message.size() + options_.chunk_size + proto::kAesBlockSize);
-        std::vector<char> chunk(options_.chunk_size);
+        const Bytes prefix = proto::encode_send_file_prefix(identity_.id, content_size, transfer_.file_name);
+        const std::size_t chunk_size = whole_blocks(options_.chunk_size);
+        const std::size_t buffer_size = prefix.size() + chunk_size + proto::kAesBlockSize;
+        if (buffer_size_ < buffer_size) {
+            buffer_.reset(new std::uint8_t[buffer_size]);  // not zero-filled: every byte sent is written first
+            buffer_size_ = buffer_size;
+        }
+        std::uint8_t* const buffer = buffer_.get();
+        std::copy(prefix.begin(), prefix.end(), buffer);
+        std::size_t head = prefix.size();  // bytes before the chunk: the prefix, the first time
         Cksum sum;
         crypto::AesCbcEncryptor encryptor(aes_key_);
         ProgressLine progress(err_, transfer_.file_name, file_size_, options_.show_progress);
         std::uint64_t remaining = file_size_;
         do {
-            const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, chunk.size()));
-            in.read(chunk.data(), static_cast<std::streamsize>(want));
+            const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, chunk_size));
+            std::uint8_t* const chunk = buffer + head;
+            in.read(reinterpret_cast<char*>(chunk), static_cast<std::streamsize>(want));
             if (static_cast<std::size_t>(in.gcount()) != want) {
                 // Part of the request is already on the wire: this connection is lost anyway.
                 throw FatalError("reading '" + transfer_.file_path_text + "' failed (did the file shrink while it was sent?)");
             }
-            const auto* bytes = reinterpret_cast<const std::uint8_t*>(chunk.data());
-            sum.update(bytes, want);
-            encryptor.update(bytes, want, message);
+            sum.update(chunk, want);
+            std::size_t encrypted = encryptor.update(chunk, want, chunk);
             remaining -= want;
             if (remaining == 0) {
-                encryptor.finish(message);
+                encrypted += encryptor.finish(chunk + encrypted);
             }
-            send(message);
-            message.clear();
+            connection().write_all(buffer, head + encrypted);
+            head = 0;
             progress.advance(want);
         } while (remaining > 0);
 
@@ -419,6 +436,8 @@ private:
     Identity identity_;
     crypto::AesKey aes_key_{};
     std::unique_ptr<net::Connection> connection_;
+    std::unique_ptr<std::uint8_t[]> buffer_;  // send_file_once's, kept for the resends
+    std::size_t buffer_size_ = 0;
 };
 
 }  // namespace

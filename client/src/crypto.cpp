@@ -5,12 +5,15 @@
 #include <cryptopp/base64.h>
 #include <cryptopp/cryptlib.h>
 #include <cryptopp/filters.h>
+#include <cryptopp/misc.h>
 #include <cryptopp/modes.h>
 #include <cryptopp/osrng.h>
 #include <cryptopp/queue.h>
 #include <cryptopp/rsa.h>
 
 #include <algorithm>
+
+#include "aes_ni.hpp"
 
 namespace crypto {
 
@@ -110,51 +113,79 @@ AesKey RsaPrivateKey::unwrap_aes_key(const std::uint8_t* ciphertext, std::size_t
 }
 
 struct AesCbcEncryptor::Impl {
-    CryptoPP::CBC_Mode<CryptoPP::AES>::Encryption cipher;
+    bool aes_ni = false;
+    CryptoPP::CBC_Mode<CryptoPP::AES>::Encryption cipher;  // keyed when !aes_ni
+    aes_ni::KeySchedule schedule{};                         // when aes_ni
+    std::uint8_t chain[proto::kAesBlockSize] = {};           // the IV, then the last ciphertext block
     std::array<std::uint8_t, proto::kAesBlockSize> tail{};
     std::size_t tail_size = 0;
     bool finished = false;
+
+    ~Impl() { CryptoPP::SecureWipeArray(&schedule.round_keys[0][0], sizeof schedule.round_keys); }
+
+    // Whole blocks; `out` is `in` or apart from it.
+    void encrypt(const std::uint8_t* in, std::uint8_t* out, std::size_t size) {
+        if (aes_ni) {
+            aes_ni::cbc_encrypt(schedule, chain, in, out, size);
+        } else {
+            // Crypto++ allows the input and the output to be the same memory.
+            cipher.ProcessData(out, in, size);
+        }
+    }
 };
 
-AesCbcEncryptor::AesCbcEncryptor(const AesKey& key) : impl_(std::make_unique<Impl>()) {
-    const std::array<std::uint8_t, proto::kAesBlockSize> zero_iv{};
-    impl_->cipher.SetKeyWithIV(key.data(), key.size(), zero_iv.data(), zero_iv.size());
+AesCbcEncryptor::AesCbcEncryptor(const AesKey& key, Kernel kernel) : impl_(std::make_unique<Impl>()) {
+    Impl& s = *impl_;
+    if (kernel == Kernel::AesNi && !aes_ni::available()) {
+        throw CryptoError("AES-NI is not available on this processor");
+    }
+    s.aes_ni = kernel == Kernel::AesNi || (kernel == Kernel::Fastest && aes_ni::available());
+    if (s.aes_ni) {
+        s.schedule = aes_ni::expand_key(key.data());
+    } else {
+        s.cipher.SetKeyWithIV(key.data(), key.size(), s.chain, sizeof s.chain);  // zero IV
+    }
 }
 AesCbcEncryptor::AesCbcEncryptor(AesCbcEncryptor&&) noexcept = default;
 AesCbcEncryptor& AesCbcEncryptor::operator=(AesCbcEncryptor&&) noexcept = default;
 AesCbcEncryptor::~AesCbcEncryptor() = default;
 
-void AesCbcEncryptor::update(const std::uint8_t* data, std::size_t size, Bytes& out) {
+std::size_t AesCbcEncryptor::update(const std::uint8_t* data, std::size_t size, std::uint8_t* out) {
     constexpr std::size_t block = proto::kAesBlockSize;
     Impl& s = *impl_;
     if (s.finished) {
         throw CryptoError("AesCbcEncryptor::update after finish");
     }
-    if (s.tail_size > 0) {
+    std::size_t written = 0;
+    if (s.tail_size > 0 && size > 0) {
+        if (out == data) {
+            // The held-over block would be written over bytes of `data` not read yet.
+            throw CryptoError("AesCbcEncryptor::update in place while a partial block is held over");
+        }
         const std::size_t take = std::min(block - s.tail_size, size);
         std::copy_n(data, take, s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size));
         s.tail_size += take;
         data += take;
         size -= take;
         if (s.tail_size < block) {
-            return;
+            return 0;
         }
-        const std::size_t at = out.size();
-        out.resize(at + block);
-        s.cipher.ProcessData(out.data() + at, s.tail.data(), block);
+        s.encrypt(s.tail.data(), out, block);
         s.tail_size = 0;
+        written = block;
     }
     const std::size_t whole = size - size % block;
     if (whole > 0) {
-        const std::size_t at = out.size();
-        out.resize(at + whole);
-        s.cipher.ProcessData(out.data() + at, data, whole);
+        s.encrypt(data, out + written, whole);
+        written += whole;
     }
-    std::copy_n(data + whole, size - whole, s.tail.begin());
-    s.tail_size = size - whole;
+    // Read after the blocks before it were written: in place, these bytes are past them.
+    std::copy_n(data + whole, size - whole, s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size));
+    s.tail_size += size - whole;
+    return written;
 }
 
-void AesCbcEncryptor::finish(Bytes& out) {
+std::size_t AesCbcEncryptor::finish(std::uint8_t* out) {
     Impl& s = *impl_;
     if (s.finished) {
         throw CryptoError("AesCbcEncryptor::finish called twice");
@@ -162,10 +193,11 @@ void AesCbcEncryptor::finish(Bytes& out) {
     // PKCS#7: always 1..16 bytes, each holding the padding length.
     const auto pad = static_cast<std::uint8_t>(proto::kAesBlockSize - s.tail_size);
     std::fill(s.tail.begin() + static_cast<std::ptrdiff_t>(s.tail_size), s.tail.end(), pad);
-    const std::size_t at = out.size();
-    out.resize(at + proto::kAesBlockSize);
-    s.cipher.ProcessData(out.data() + at, s.tail.data(), proto::kAesBlockSize);
+    s.encrypt(s.tail.data(), out, proto::kAesBlockSize);
     s.finished = true;
+    return proto::kAesBlockSize;
 }
+
+AesCbcEncryptor::Kernel AesCbcEncryptor::kernel() const { return impl_->aes_ni ? Kernel::AesNi : Kernel::CryptoPP; }
 
 }  // namespace crypto

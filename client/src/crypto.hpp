@@ -55,17 +55,30 @@ private:
 
 // AES-128-CBC, IV all zeros, PKCS#7 padding, fed in chunks of any size. Full blocks are
 // encrypted as they arrive; the (< 16 byte) tail waits for the next chunk or for finish().
+// The caller owns the output memory (nothing is allocated or zero-filled per chunk), and the
+// encryption may be in place.
 class AesCbcEncryptor {
 public:
-    explicit AesCbcEncryptor(const AesKey& key);
+    // Crypto++, or AES-NI instructions of our own (aes_ni.hpp) where the processor has them:
+    // the same bytes, the second a fifth cheaper. Kernel::AesNi where it has not throws
+    // CryptoError.
+    enum class Kernel { Fastest, CryptoPP, AesNi };
+
+    explicit AesCbcEncryptor(const AesKey& key, Kernel kernel = Kernel::Fastest);
     AesCbcEncryptor(AesCbcEncryptor&&) noexcept;
     AesCbcEncryptor& operator=(AesCbcEncryptor&&) noexcept;
     ~AesCbcEncryptor();
 
-    // Appends the ciphertext of every block completed by `data` to `out`.
-    void update(const std::uint8_t* data, std::size_t size, Bytes& out);
-    // Pads the tail (1..16 bytes of padding) and appends the last block. Call once.
-    void finish(Bytes& out);
+    // Writes the ciphertext of every block completed by `data` to `out` and returns its size:
+    // a multiple of 16, at most size + 15 (the tail held over plus `data`). `out` either does
+    // not overlap `data` or is `data` itself (in place); in place needs no tail held over,
+    // that is, every earlier update a multiple of 16 bytes (else CryptoError).
+    std::size_t update(const std::uint8_t* data, std::size_t size, std::uint8_t* out);
+    // Pads the tail (1..16 bytes of padding) and writes the last block: 16 bytes, returned.
+    // Call once.
+    std::size_t finish(std::uint8_t* out);
+    // The kernel in use (never Fastest).
+    Kernel kernel() const;
 
 private:
     struct Impl;

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,7 @@
 #include <cryptopp/osrng.h>
 #include <cryptopp/rsa.h>
 
+#include "aes_ni.hpp"
 #include "cksum.hpp"
 #include "connection.hpp"
 #include "crypto.hpp"
@@ -95,27 +98,107 @@ std::string name_field_hex(const std::string& text) {
 
 // ---- cksum ------------------------------------------------------------------------------------
 
+// The kernels this build and this processor can run: the tables always, the carry-less
+// multiplication one on x86-64 with PCLMULQDQ (tests/test_cpp_client.py checks that the CPUs
+// that have it do test it).
+std::vector<Cksum::Kernel> cksum_kernels() {
+    std::vector<Cksum::Kernel> kernels = {Cksum::Kernel::Table};
+    if (cksum_kernel::clmul_available()) {
+        kernels.push_back(Cksum::Kernel::Clmul);
+    }
+    return kernels;
+}
+
+std::uint32_t cksum_with(Cksum::Kernel kernel, const Bytes& data) {
+    Cksum sum(kernel);
+    sum.update(data.data(), data.size());
+    CHECK(sum.kernel() == kernel);
+    return sum.value();
+}
+
+// (i * 131 + 7) mod 256, the first `size` bytes.
+Bytes cksum_pattern(std::size_t size) {
+    Bytes data(size);
+    for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<std::uint8_t>(i * 131 + 7);
+    return data;
+}
+
 void test_cksum_vectors() {
+    // What GNU coreutils' `cksum` prints for the same bytes.
     CHECK(cksum(nullptr, 0) == 4294967295u);
-    const Bytes a = as_bytes("a");
-    CHECK(cksum(a.data(), a.size()) == 1220704766u);
-    const Bytes digits = as_bytes("123456789");
-    CHECK(cksum(digits.data(), digits.size()) == 930766865u);
-    const Bytes zeros(100000, 0);
-    CHECK(cksum(zeros.data(), zeros.size()) == 1260869142u);
+    for (const Cksum::Kernel kernel : cksum_kernels()) {
+        CHECK(cksum_with(kernel, Bytes{}) == 4294967295u);
+        CHECK(cksum_with(kernel, as_bytes("a")) == 1220704766u);
+        CHECK(cksum_with(kernel, as_bytes("123456789")) == 930766865u);
+        CHECK(cksum_with(kernel, Bytes(100000, 0)) == 1260869142u);
+        CHECK(cksum_with(kernel, Bytes(4111, 0xFF)) == 3355348997u);
+        CHECK(cksum_with(kernel, cksum_pattern(64)) == 3683550529u);
+        CHECK(cksum_with(kernel, cksum_pattern(1000)) == 4100247057u);
+        CHECK(cksum_with(kernel, cksum_pattern(10007)) == 577396413u);
+    }
+    CHECK(cksum(cksum_pattern(10007).data(), 10007) == 577396413u);
+    std::cout << "cksum kernels tested:" << (cksum_kernel::clmul_available() ? " table clmul" : " table") << "\n";
+}
+
+void test_cksum_fastest_kernel() {
+    const Cksum fastest;
+    CHECK(fastest.kernel() == (cksum_kernel::clmul_available() ? Cksum::Kernel::Clmul : Cksum::Kernel::Table));
+    if (!cksum_kernel::clmul_available()) {
+        CHECK_THROWS(std::logic_error, Cksum{Cksum::Kernel::Clmul}, "not available");
+        CHECK_THROWS(std::logic_error, cksum_kernel::update_clmul(0, nullptr, 0), "cksum");
+    }
 }
 
 void test_cksum_chunking() {
-    Bytes data(10007);
-    for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 131 + 7);
-    const std::uint32_t whole = cksum(data.data(), data.size());
-    for (std::size_t step : {1u, 3u, 7u, 8u, 9u, 64u, 4096u}) {
-        Cksum sum;
-        for (std::size_t at = 0; at < data.size(); at += step) {
-            sum.update(data.data() + at, std::min(step, data.size() - at));
+    const Bytes data = cksum_pattern(10007);
+    for (const Cksum::Kernel kernel : cksum_kernels()) {
+        for (std::size_t step : {1u, 3u, 7u, 8u, 9u, 15u, 16u, 17u, 63u, 64u, 65u, 100u, 4096u}) {
+            Cksum sum(kernel);
+            for (std::size_t at = 0; at < data.size(); at += step) {
+                sum.update(data.data() + at, std::min(step, data.size() - at));
+            }
+            CHECK(sum.value() == 577396413u);
         }
-        CHECK(sum.value() == whole);
     }
+}
+
+// The two kernels against each other: every length 0..4096 of random bytes, from a random
+// register, then the same bytes cut at random places.
+void test_cksum_kernels_agree() {
+    if (!cksum_kernel::clmul_available()) {
+        return;  // one kernel: nothing to compare (test_cksum_vectors says which were tested)
+    }
+    std::mt19937 random(20261202u);
+    Bytes data(4096 + 64);
+    for (auto& byte : data) byte = static_cast<std::uint8_t>(random());
+    int disagreements = 0;
+    for (std::size_t size = 0; size <= 4096; ++size) {
+        const std::uint32_t start = static_cast<std::uint32_t>(random());
+        const std::size_t offset = random() % 64;  // unaligned starts too
+        const std::uint8_t* at = data.data() + offset;
+        if (cksum_kernel::update_table(start, at, size) != cksum_kernel::update_clmul(start, at, size)) {
+            ++disagreements;
+        }
+    }
+    CHECK(disagreements == 0);
+    int split_disagreements = 0;
+    for (int round = 0; round < 200; ++round) {
+        const std::size_t size = random() % 4097;
+        Cksum table(Cksum::Kernel::Table);
+        Cksum clmul(Cksum::Kernel::Clmul);
+        for (std::size_t at = 0; at < size;) {
+            const std::size_t piece = std::min<std::size_t>(size - at, random() % 700);
+            table.update(data.data() + at, piece);
+            clmul.update(data.data() + at, piece);
+            at += piece;
+        }
+        Cksum whole(Cksum::Kernel::Table);
+        whole.update(data.data(), size);
+        if (clmul.value() != table.value() || clmul.value() != whole.value()) {
+            ++split_disagreements;
+        }
+    }
+    CHECK(split_disagreements == 0);
 }
 
 // ---- little-endian and request encoding -------------------------------------------------------
@@ -255,24 +338,89 @@ crypto::AesKey counting_key() {
     return key;
 }
 
-Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step) {
-    crypto::AesCbcEncryptor encryptor(counting_key());
-    Bytes out;
-    for (std::size_t at = 0; at < plain.size(); at += step) {
-        encryptor.update(plain.data() + at, std::min(step, plain.size() - at), out);
+using AesKernel = crypto::AesCbcEncryptor::Kernel;
+
+// The AES kernels this build and this processor can run: Crypto++ always, AES-NI on x86-64
+// with it (tests/test_cpp_client.py checks that the CPUs that have it do test it).
+std::vector<AesKernel> aes_kernels() {
+    std::vector<AesKernel> kernels = {AesKernel::CryptoPP};
+    if (aes_ni::available()) {
+        kernels.push_back(AesKernel::AesNi);
     }
-    encryptor.finish(out);
+    return kernels;
+}
+
+// Into a separate buffer, `step` bytes at a time; each update's output right after the last.
+Bytes encrypt_in_chunks(const Bytes& plain, std::size_t step, AesKernel kernel = AesKernel::Fastest,
+                        const crypto::AesKey& key = counting_key()) {
+    crypto::AesCbcEncryptor encryptor(key, kernel);
+    Bytes out(plain.size() + proto::kAesBlockSize);
+    std::size_t written = 0;
+    for (std::size_t at = 0; at < plain.size(); at += step) {
+        const std::size_t size = std::min(step, plain.size() - at);
+        const std::size_t held_over = at - written;  // plaintext bytes not yet encrypted
+        const std::size_t produced = encryptor.update(plain.data() + at, size, out.data() + written);
+        CHECK(produced == (held_over + size) / proto::kAesBlockSize * proto::kAesBlockSize);
+        written += produced;
+    }
+    CHECK(encryptor.finish(out.data() + written) == proto::kAesBlockSize);
+    out.resize(written + proto::kAesBlockSize);
     return out;
+}
+
+// In place, as the client sends: `step` a multiple of 16, the last chunk's padding after it.
+Bytes encrypt_in_place(Bytes data, std::size_t step, AesKernel kernel = AesKernel::Fastest,
+                       const crypto::AesKey& key = counting_key()) {
+    crypto::AesCbcEncryptor encryptor(key, kernel);
+    const std::size_t size = data.size();
+    data.resize(size + proto::kAesBlockSize, 0xEE);
+    std::size_t written = 0;
+    for (std::size_t at = 0; at < size; at += step) {
+        std::uint8_t* chunk = data.data() + at;
+        written += encryptor.update(chunk, std::min(step, size - at), chunk);
+    }
+    written += encryptor.finish(data.data() + written);
+    CHECK(written == proto::encrypted_size(size));
+    data.resize(written);
+    return data;
 }
 
 void test_aes_vectors() {
     // Computed independently (pycryptodome, AES-128-CBC, key 00..0f, zero IV, PKCS#7).
-    CHECK(hex(encrypt_in_chunks({}, 1)) == "954f64f2e4e86e9eee82d20216684899");
-    CHECK(hex(encrypt_in_chunks(as_bytes("a"), 1)) == "fe123486508b0eb503a8468388ef5812");
-    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdef"), 5)) ==
-          "281567ab2f4cf0d73d3198225b8b83938e0d4fe286966ba47afeab038d2e3acc");
-    CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdefg"), 16)) ==
-          "281567ab2f4cf0d73d3198225b8b83938fdfbeab543be7f891a15aad9d71ff66");
+    for (const AesKernel kernel : aes_kernels()) {
+        CHECK(hex(encrypt_in_chunks({}, 1, kernel)) == "954f64f2e4e86e9eee82d20216684899");
+        CHECK(hex(encrypt_in_chunks(as_bytes("a"), 1, kernel)) == "fe123486508b0eb503a8468388ef5812");
+        CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdef"), 5, kernel)) ==
+              "281567ab2f4cf0d73d3198225b8b83938e0d4fe286966ba47afeab038d2e3acc");
+        CHECK(hex(encrypt_in_chunks(as_bytes("0123456789abcdefg"), 16, kernel)) ==
+              "281567ab2f4cf0d73d3198225b8b83938fdfbeab543be7f891a15aad9d71ff66");
+        CHECK(crypto::AesCbcEncryptor(counting_key(), kernel).kernel() == kernel);
+    }
+    // FIPS-197 appendix C.1 (one block; with a zero IV, CBC's first block is the cipher's).
+    const Bytes fips_key = from_hex("000102030405060708090a0b0c0d0e0f");
+    crypto::AesKey key{};
+    std::copy(fips_key.begin(), fips_key.end(), key.begin());
+    const Bytes fips_plain = from_hex("00112233445566778899aabbccddeeff");
+    for (const AesKernel kernel : aes_kernels()) {
+        const Bytes ours = encrypt_in_chunks(fips_plain, 16, kernel, key);
+        CHECK(hex(Bytes(ours.begin(), ours.begin() + 16)) == "69c4e0d86a7b0430d8cdb78070b4c55a");
+    }
+    std::cout << "aes kernels tested:" << (aes_ni::available() ? " crypto++ aes-ni" : " crypto++") << "\n";
+}
+
+void test_aes_fastest_kernel() {
+    const crypto::AesCbcEncryptor fastest(counting_key());
+    CHECK(fastest.kernel() == (aes_ni::available() ? AesKernel::AesNi : AesKernel::CryptoPP));
+    if (aes_ni::available()) {
+        const aes_ni::KeySchedule schedule = aes_ni::expand_key(counting_key().data());
+        std::uint8_t chain[16] = {};
+        Bytes data(17);
+        CHECK_THROWS(std::invalid_argument, aes_ni::cbc_encrypt(schedule, chain, data.data(), data.data(), 17),
+                     "multiple of 16");
+    } else {
+        CHECK_THROWS(crypto::CryptoError, crypto::AesCbcEncryptor(counting_key(), AesKernel::AesNi), "AES-NI");
+        CHECK_THROWS(std::logic_error, aes_ni::expand_key(counting_key().data()), "aes_ni");
+    }
 }
 
 void test_aes_matches_crypto_filter() {
@@ -287,12 +435,55 @@ void test_aes_matches_crypto_filter() {
         reference.SetKeyWithIV(key.data(), key.size(), iv, sizeof iv);
         CryptoPP::StringSource(plain.data(), plain.size(), true,
                                new CryptoPP::StreamTransformationFilter(reference, new CryptoPP::StringSink(expected)));
-        for (std::size_t step : {1u, 7u, 16u, 1000u, 65536u}) {
-            const Bytes ours = encrypt_in_chunks(plain, step);
-            CHECK(ours.size() == proto::encrypted_size(size));
-            CHECK(std::string(ours.begin(), ours.end()) == expected);
+        for (const AesKernel kernel : aes_kernels()) {
+            for (std::size_t step : {1u, 7u, 16u, 1000u, 65536u}) {
+                const Bytes ours = encrypt_in_chunks(plain, step, kernel);
+                CHECK(ours.size() == proto::encrypted_size(size));
+                CHECK(std::string(ours.begin(), ours.end()) == expected);
+            }
+            for (std::size_t step : {16u, 64u, 65536u}) {
+                const Bytes ours = encrypt_in_place(plain, step, kernel);
+                CHECK(std::string(ours.begin(), ours.end()) == expected);
+            }
         }
     }
+}
+
+// AES-NI against Crypto++: random keys, random lengths 0..4096, cut at random places, apart
+// and in place.
+void test_aes_kernels_agree() {
+    if (!aes_ni::available()) {
+        return;  // one kernel: nothing to compare (test_aes_vectors says which were tested)
+    }
+    std::mt19937 random(20261202u);
+    int disagreements = 0;
+    for (int round = 0; round < 300; ++round) {
+        crypto::AesKey key{};
+        for (auto& byte : key) byte = static_cast<std::uint8_t>(random());
+        Bytes plain(random() % 4097);
+        for (auto& byte : plain) byte = static_cast<std::uint8_t>(random());
+        const std::size_t step = 1 + random() % 700;
+        const std::size_t blocks_step = 16 * (1 + random() % 40);
+        const Bytes reference = encrypt_in_chunks(plain, plain.size() + 1, AesKernel::CryptoPP, key);
+        if (encrypt_in_chunks(plain, step, AesKernel::AesNi, key) != reference ||
+            encrypt_in_place(plain, blocks_step, AesKernel::AesNi, key) != reference ||
+            encrypt_in_place(plain, blocks_step, AesKernel::CryptoPP, key) != reference) {
+            ++disagreements;
+        }
+    }
+    CHECK(disagreements == 0);
+}
+
+void test_aes_in_place_needs_whole_blocks() {
+    crypto::AesCbcEncryptor encryptor(counting_key());
+    Bytes data(64, 1);
+    CHECK(encryptor.update(data.data(), 5, data.data()) == 0);  // 5 bytes held over
+    CHECK_THROWS(crypto::CryptoError, encryptor.update(data.data() + 5, 32, data.data() + 5), "in place");
+    Bytes out(64);
+    CHECK(encryptor.update(data.data() + 5, 32, out.data()) == 32);  // apart: fine
+    CHECK(encryptor.finish(out.data() + 32) == 16);
+    CHECK_THROWS(crypto::CryptoError, encryptor.update(data.data(), 16, out.data()), "after finish");
+    CHECK_THROWS(crypto::CryptoError, encryptor.finish(out.data()), "twice");
 }
 
 void test_rsa_roundtrip() {
@@ -466,7 +657,9 @@ void test_me_info() {
 int main() {
     const std::vector<std::pair<const char*, void (*)()>> tests = {
         {"cksum vectors", test_cksum_vectors},
+        {"cksum fastest kernel", test_cksum_fastest_kernel},
         {"cksum chunking", test_cksum_chunking},
+        {"cksum kernels agree", test_cksum_kernels_agree},
         {"little endian", test_little_endian},
         {"request header vector", test_request_header_vector},
         {"name requests", test_name_requests},
@@ -477,7 +670,10 @@ int main() {
         {"response payloads", test_response_payloads},
         {"client id hex", test_client_id_hex},
         {"aes vectors", test_aes_vectors},
+        {"aes fastest kernel", test_aes_fastest_kernel},
+        {"aes kernels agree", test_aes_kernels_agree},
         {"aes matches crypto++ filter", test_aes_matches_crypto_filter},
+        {"aes in place needs whole blocks", test_aes_in_place_needs_whole_blocks},
         {"rsa roundtrip", test_rsa_roundtrip},
         {"transfer.info ok", test_transfer_info_ok},
         {"transfer.info errors", test_transfer_info_errors},

@@ -62,7 +62,7 @@ CHUNK_SIZE = 256 * 1024
 # A file of LARGE_FILE_SIZE bytes or more is received LARGE_CHUNK_SIZE at a time, while
 # fewer than LARGE_BUFFERS other transfers hold a buffer that large (ReceiveBuffers): a
 # quarter of the system calls and loop turns per byte, and memory that stays bounded
-# (4 MiB at most) whatever the number of clients. The others use CHUNK_SIZE.
+# (four pairs of 1 MiB: 8 MiB at most) whatever the number of clients. The others use CHUNK_SIZE.
 LARGE_CHUNK_SIZE = 1024 * 1024
 LARGE_FILE_SIZE = 8 * 1024 * 1024
 LARGE_BUFFERS = 4
@@ -118,8 +118,9 @@ class PageCacheRelease:
     the last advice and its pages are freed (and then reused by the next
     writes); the newer one starts its writeback. So the file's page cache
     stays a few windows large whatever its size. Measured in bench/README.md:
-    less CPU per GiB and more MB/s, disk writeback keeping up. Advice only: a
-    refusal (a filesystem that does not take it) is ignored.
+    less CPU per GiB and more MB/s, although the transfer then goes no faster
+    than the disk writes. Advice only: a refusal (a filesystem that does not
+    take it) is ignored.
     """
 
     def __init__(self, fd: int) -> None:

@@ -144,7 +144,7 @@ BROKEN_COPIES = [
         (
             Edit(
                 "handlers.py",
-                r"(    decryptor = CbcDecryptor\(key, CHUNK_SIZE\)\n)",
+                r"(    decryptor = CbcDecryptor\(key, len\(received\)\)\n)",
                 r"    whole = bytearray()\n"
                 r"    while len(whole) < size:\n"
                 r"        whole += payload.read(min(65536, size - len(whole)))\n"

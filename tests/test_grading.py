@@ -138,9 +138,12 @@ def grading_runs(
 ) -> Iterator[dict[str, GradingRun]]:
     """Every broken copy the selected tests read graded at once, each by its own pytest in a subprocess."""
     runs = {}
+    # Every copy is made before any run starts: a copy that cannot be made leaves no run behind.
+    folders = {}
     for copy in copies_wanted(request.session):
         work = tmp_path_factory.mktemp(copy.name)
-        folder = make_broken_copy(copy.name, work / copy.name)
+        folders[copy.name] = (copy, work, make_broken_copy(copy.name, work / copy.name))
+    for copy, work, folder in folders.values():
         report, junit = work / "report.md", work / "junit.xml"
         command = [
             sys.executable,

@@ -37,7 +37,7 @@ from types import FrameType
 from typing import NoReturn
 
 from grading.entry import find_entry
-from grading.harness import POLL_INTERVAL, REPO_ROOT
+from grading.harness import POLL_INTERVAL, PPID_FIELD, REPO_ROOT, processes_where
 from grading.plugin import resolve_python
 from grading.report import SubmissionResult, summary_markdown, write_csv, write_markdown
 
@@ -277,7 +277,7 @@ class Children:
         own_group = os.getpgrp()
         with self._lock:
             ours = {process.pid for process in self._running}
-            for pid in _children_of(os.getpid()):
+            for pid in processes_where(PPID_FIELD, os.getpid()):
                 if pid in ours:
                     continue
                 with suppress(OSError):
@@ -294,22 +294,6 @@ def _signal_group(group: int, signum: int) -> None:
     if os.name == "posix":
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signum)
-
-
-def _children_of(parent: int) -> list[int]:
-    """The processes whose parent is `parent` (Linux /proc; elsewhere none are known)."""
-    children = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        with suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[1]) == parent:
-                children.append(int(entry.name))
-    return children
 
 
 @dataclass

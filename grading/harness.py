@@ -428,6 +428,27 @@ class GroupSample:
     cpu_seconds: float  # user + system time of every process of the group
 
 
+# Fields of /proc/PID/stat, counted after the command name (which is in parentheses and
+# may hold spaces): the parent's pid and the process group.
+PPID_FIELD = 1
+PGRP_FIELD = 2
+
+
+def processes_where(field: int, value: int) -> list[int]:
+    """The pids whose /proc/PID/stat has `value` in `field` (Linux; elsewhere none are known)."""
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[field]) == value:
+                    found.append(int(entry.name))
+    return found
+
+
 class ProcessGroup:
     """The processes of one process group: a server and whatever it started."""
 
@@ -436,15 +457,7 @@ class ProcessGroup:
         self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def pids(self) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with suppress(OSError, IndexError, ValueError):
-                    # The fields after the command name, which is in parentheses and may hold spaces.
-                    fields = (entry / "stat").read_text().rpartition(")")[2].split()
-                    if int(fields[2]) == self.pgid:
-                        found.append(int(entry.name))
-        return found
+        return processes_where(PGRP_FIELD, self.pgid)
 
     def runnable_ns(self) -> dict[int, int] | None:
         """Per thread of the group: nanoseconds it ran or waited on a run queue to run (Linux).

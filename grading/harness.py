@@ -58,13 +58,30 @@ SUBMISSION_LEFTOVERS = shutil.ignore_patterns(
 NOT_IN_THE_FOLDER = (
     "reads the server's database or folder: --server gives only its address (use --server-dir)"
 )
+# Names that only Windows's standard library has, as an AttributeError or ImportError names them.
+_WINDOWS_NAMES = (
+    r"windll|oledll|WinDLL|OleDLL|WinError|FormatError|GetLastError|startfile|CTRL_C_EVENT|CTRL_BREAK_EVENT"
+)
 # Start-up failures that say the submission was written for Windows (§5 start-up, one row).
 WINDOWS_ONLY = re.compile(
     r"No module named '(?P<module>win32\w*|msvcrt|winreg|_winapi|pywintypes|winsound|wmi|pythoncom)'"
+    rf"|module '(?P<owner>ctypes|os|signal)' has no attribute '(?P<name>{_WINDOWS_NAMES})'"
+    rf"|cannot import name '(?P<imported>{_WINDOWS_NAMES})' from '(?P<source>ctypes|os|signal)'"
     r"|(?P<path>'\.\\\\[^']*')"
 )
 RECORD_WRITES_DIR = Path(__file__).resolve().parent / "record_writes"
 WRITES_LOG_VARIABLE = "GRADING_WRITES_LOG"
+
+
+def windows_only_use(found: re.Match[str]) -> str:
+    """What a WINDOWS_ONLY match found, as the report says it: "msvcrt, a Windows-only module"."""
+    if found.group("module"):
+        return f"{found.group('module')}, a Windows-only module"
+    if found.group("name"):
+        return f"{found.group('owner')}.{found.group('name')}, a Windows-only name"
+    if found.group("imported"):
+        return f"{found.group('source')}.{found.group('imported')}, a Windows-only name"
+    return f"{found.group('path')}, a Windows path"
 
 
 class HarnessError(RuntimeError):
@@ -280,9 +297,7 @@ class ServerProcess:
         output = self.log_text().strip()
         windows = WINDOWS_ONLY.search(output)
         if windows is not None and what is None:
-            found = windows.group("module") or windows.group("path")
-            kind = "a Windows-only module" if windows.group("module") else "a Windows path"
-            what = f"cannot run on this machine: it uses {found}, {kind} (status {status})"
+            what = f"cannot run on this machine: it uses {windows_only_use(windows)} (status {status})"
         if what is None:
             last_line = output.splitlines()[-1].strip() if output else "(no output)"
             what = f"exited with status {status} at start-up: {last_line}"

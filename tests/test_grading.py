@@ -34,6 +34,7 @@ import pytest
 from broken_copies import BROKEN_COPIES, COPIES, BrokenCopy, make_broken_copy, row_matches
 from support import REPO_ROOT
 
+from grading.harness import WINDOWS_ONLY, windows_only_use
 from grading.plugin import START_UP_POINT
 
 CHECK_MODULES = [
@@ -304,3 +305,34 @@ def test_every_conformance_test_names_its_section() -> None:
         assert len(sections) == 1, f"{name}: one spec marker, not {sections}"
         number = str(sections[0]).removeprefix("§").split()[0]
         assert name.startswith(f"test_s{number}_"), f"{name} checks {sections[0]}: call it test_s{number}_..."
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        ("import msvcrt", "msvcrt, a Windows-only module"),
+        ("import ctypes; ctypes.windll.kernel32", "ctypes.windll, a Windows-only name"),
+        ("from ctypes import WinDLL", "ctypes.WinDLL, a Windows-only name"),
+        ("import os; os.startfile('port.info')", "os.startfile, a Windows-only name"),
+        ("import signal; signal.CTRL_C_EVENT", "signal.CTRL_C_EVENT, a Windows-only name"),
+        (r"open('.\\config\\settings.txt')", r"'.\\config\\settings.txt', a Windows path"),
+    ],
+)
+def test_a_start_up_failure_of_windows_only_code_is_named(code: str, named: str) -> None:
+    # The traceback this machine's Python really prints, as a submission's server.py would.
+    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert failed.returncode != 0
+    found = WINDOWS_ONLY.search(failed.stderr)
+    assert found is not None, failed.stderr
+    assert windows_only_use(found) == named
+
+
+def test_an_ordinary_start_up_failure_is_not_taken_for_windows_code() -> None:
+    failed = subprocess.run(
+        [sys.executable, "-c", "import ctypes; ctypes.no_such_thing"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "has no attribute 'no_such_thing'" in failed.stderr
+    assert WINDOWS_ONLY.search(failed.stderr) is None

@@ -489,6 +489,28 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
     assert not list(tmp_path.rglob("*.md")) and not list(tmp_path.rglob("summary.csv")), "nothing is written"
 
 
+def test_the_clone_s_grading_folder_runs_as_a_script_from_any_folder(tmp_path: Path) -> None:
+    # `python CLONE/grading ...` from the grader's own folder, with nothing on PYTHONPATH: the
+    # package is found, and -k is checked against the clone's checks (pytest run from the clone).
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "server.py").write_text(LISTENS)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "grading"),
+        "sub",
+        "--out",
+        "out",
+        "-k",
+        "no_check_is_called_this",
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=BATCH_TIMEOUT, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "python -m grading: -k no_check_is_called_this: selects no check"
+
+
 def test_a_bad_python_that_exists_but_does_not_run(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "server.py").write_text(LISTENS)

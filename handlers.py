@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from crypto_utils import (
 )
 from database import ClientRecord, Database, LimitReached
 from forgeries import DecryptionFailures
+from pagecache import page_cache_release
 from protocol import (
     AES_BLOCK_SIZE,
     HEAD_ONLY_PAYLOAD_SIZE,
@@ -101,41 +101,6 @@ class ReceiveBuffers:
 
 # One for the whole server: the bound on large buffers holds across all connections.
 RECEIVE_BUFFERS = ReceiveBuffers()
-
-# The received file's pages are handed back to the kernel as it is written, a window at a
-# time (PageCacheRelease); where the platform has posix_fadvise.
-PAGE_CACHE_WINDOW = 8 * 1024 * 1024
-_fadvise = getattr(os, "posix_fadvise", None)
-
-
-class PageCacheRelease:
-    """Advises the kernel that the file's written pages are not needed (POSIX_FADV_DONTNEED).
-
-    On this project's VM a 1 GiB file written into fresh page cache costs the
-    host's page faults on every new page (bench/README.md): the server's CPU per
-    GiB and its speed both suffer. Every PAGE_CACHE_WINDOW bytes written, the
-    last two windows are advised: the older one has been written back since
-    the last advice and its pages are freed (and then reused by the next
-    writes); the newer one starts its writeback. So the file's page cache
-    stays a few windows large whatever its size. Measured in bench/README.md:
-    less CPU per GiB and more MB/s, although the transfer then goes no faster
-    than the disk writes. Advice only: a refusal (a filesystem that does not
-    take it) is ignored.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.start = 0  # the advice covers the file from here ...
-        self.advised = 0  # ... to the end of the window advised last
-
-    def written(self, total: int, last: bool) -> None:
-        """`total` bytes of the file are written; `last`: all of them."""
-        if total - self.advised < PAGE_CACHE_WINDOW and not last:
-            return
-        if _fadvise is not None:
-            with contextlib.suppress(OSError):
-                _fadvise(self.fd, self.start, total - self.start, os.POSIX_FADV_DONTNEED)
-        self.start, self.advised = self.advised, total
 
 
 @dataclass(frozen=True)
@@ -306,7 +271,7 @@ def _receive_content(
     the socket is read into one, which is decrypted into the other (decrypting
     in place would need a copy of the ciphertext aside); that one is
     checksummed and written. The written pages go back to the kernel as the
-    file grows (PageCacheRelease).
+    file grows (pagecache.py), from a thread of their own for a large pair.
 
     Not OpenSSL in place: the server's handler threads are daemon threads, and
     one that has used OpenSSL and is still alive at exit makes the process
@@ -316,24 +281,28 @@ def _receive_content(
     received, plain_buffer = buffers
     decryptor = CbcDecryptor(key, len(received))
     checksum = Cksum()
-    page_cache = PageCacheRelease(out.fileno())
+    # A transfer with a large pair of buffers (LARGE_BUFFERS at most) advises from a thread.
+    page_cache = page_cache_release(out.fileno(), behind=len(received) == LARGE_CHUNK_SIZE)
     written = 0
     remaining = size
-    while remaining:
-        ciphertext = received[: min(len(received), remaining)]
-        payload.readinto(ciphertext)
-        remaining -= len(ciphertext)
-        plain = plain_buffer[: len(ciphertext)]
-        decryptor.decrypt_into(ciphertext, plain)
-        if not remaining:
-            try:
-                plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]
-            except CryptoError as err:
-                raise DecryptionFailed(str(err)) from err
-        checksum.update(plain)
-        _write_all(out, plain)
-        written += len(plain)
-        page_cache.written(written, last=not remaining)
+    try:
+        while remaining:
+            ciphertext = received[: min(len(received), remaining)]
+            payload.readinto(ciphertext)
+            remaining -= len(ciphertext)
+            plain = plain_buffer[: len(ciphertext)]
+            decryptor.decrypt_into(ciphertext, plain)
+            if not remaining:
+                try:
+                    plain = plain[: len(plain) - padding_length(plain[-AES_BLOCK_SIZE:])]
+                except CryptoError as err:
+                    raise DecryptionFailed(str(err)) from err
+            checksum.update(plain)
+            _write_all(out, plain)
+            written += len(plain)
+            page_cache.written(written, last=not remaining)
+    finally:
+        page_cache.close()
     return checksum.value
 
 

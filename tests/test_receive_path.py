@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import handlers
+import pagecache
 from crypto_utils import cksum, encrypt
 from database import Database
 from handlers import (
@@ -31,12 +32,11 @@ from handlers import (
     LARGE_BUFFERS,
     LARGE_CHUNK_SIZE,
     LARGE_FILE_SIZE,
-    PAGE_CACHE_WINDOW,
     RECEIVE_BUFFERS,
-    PageCacheRelease,
     ReceiveBuffers,
     RequestContext,
 )
+from pagecache import PAGE_CACHE_WINDOW, THREAD_NAME, PageCacheRelease, WritebackBehind, page_cache_release
 from protocol import (
     CLIENT_VERSION,
     REQUEST_HEADER,
@@ -110,22 +110,54 @@ def test_the_server_shares_one_bound_of_four_large_buffers() -> None:
     assert RECEIVE_BUFFERS.large_in_use == 0
 
 
-# --- PageCacheRelease ----------------------------------------------------------------------
+# --- pagecache: PageCacheRelease and WritebackBehind ---------------------------------------
 
 
 class Advice:
-    """posix_fadvise calls (offset, length) as handlers makes them, passed on to the real one."""
+    """posix_fadvise calls (offset, length) as pagecache makes them, and the threads that made
+    them, passed on to the real one; each held while `gate` is closed."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, gate_open: bool = True) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.threads: set[str] = set()
         self.fail = fail
+        self.gate = threading.Event()
+        if gate_open:
+            self.gate.set()
+        self._lock = threading.Lock()
 
     def __call__(self, fd: int, offset: int, length: int, advice: int) -> None:
         assert advice == os.POSIX_FADV_DONTNEED
-        self.calls.append((offset, length))
+        with self._lock:
+            self.calls.append((offset, length))
+            self.threads.add(threading.current_thread().name)
+        assert self.gate.wait(WAIT)
         if self.fail:
             raise OSError(22, "Invalid argument")
         os.posix_fadvise(fd, offset, length, advice)
+
+    def covered(self) -> int:
+        """How far the calls advise the file: from its start, with no gap, each further on."""
+        end = 0
+        for offset, length in self.calls:
+            assert offset <= end < offset + length, self.calls
+            end = offset + length
+        return end
+
+
+def writeback_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME]
+
+
+def wait_for_writeback() -> None:
+    """Every advising thread ends (they may outlive the transfer's answer, not much longer)."""
+    for thread in writeback_threads():
+        thread.join(WAIT)
+        assert not thread.is_alive(), "an advising thread did not end"
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def resident_pages(path: Path) -> int:
@@ -144,7 +176,7 @@ def test_every_window_advises_the_last_two_and_the_end_the_rest(
 ) -> None:
     window = PAGE_CACHE_WINDOW
     advice = Advice()
-    monkeypatch.setattr(handlers, "_fadvise", advice)
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
     with (tmp_path / "f").open("wb") as file:
         release = PageCacheRelease(file.fileno())
         step = LARGE_CHUNK_SIZE
@@ -152,13 +184,14 @@ def test_every_window_advises_the_last_two_and_the_end_the_rest(
             release.written(total, last=False)
         release.written(3 * window + 5, last=True)
     assert advice.calls == [(0, window), (0, 2 * window), (window, 2 * window), (2 * window, window + 5)]
+    assert advice.threads == {threading.current_thread().name}
 
 
 def test_a_file_smaller_than_a_window_is_advised_once_at_its_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     advice = Advice()
-    monkeypatch.setattr(handlers, "_fadvise", advice)
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
     with (tmp_path / "f").open("wb") as file:
         release = PageCacheRelease(file.fileno())
         release.written(PAGE_CACHE_WINDOW - 1, last=False)
@@ -179,35 +212,152 @@ def test_the_advice_frees_the_pages_once_they_are_written_back(tmp_path: Path) -
         assert resident_pages(path) == 0
 
 
-def test_a_refused_advice_is_ignored(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advice = Advice()
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    size = 5 * PAGE_CACHE_WINDOW + 7
+    descriptors = open_descriptors()
+    with (tmp_path / "f").open("wb") as file:
+        release = WritebackBehind(file.fileno())
+        for total in range(LARGE_CHUNK_SIZE, size, LARGE_CHUNK_SIZE):
+            release.written(total, last=False)
+        release.written(size, last=True)
+        release.close()
+        release.thread.join(WAIT)
+    assert not release.thread.is_alive()
+    assert advice.covered() == size
+    assert advice.threads == {THREAD_NAME}
+    assert release.waits == 0, "never more than WRITEBACK_LAG behind"
+    assert open_descriptors() == descriptors, "the thread's own descriptor is closed"
+
+
+def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first advice is held: the writes go on up to `lag` bytes ahead of what is advised
+    (nothing), and the first write past that waits until the advice goes on."""
+    advice = Advice(gate_open=False)
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    lag, step, size = 3 * PAGE_CACHE_WINDOW, LARGE_CHUNK_SIZE, 6 * PAGE_CACHE_WINDOW
+    progress: list[int] = []
+    with (tmp_path / "f").open("wb") as file:
+        release = WritebackBehind(file.fileno(), lag=lag)
+
+        def write() -> None:
+            for total in range(step, size + 1, step):
+                progress.append(total)
+                release.written(total, last=total == size)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        with release.changed:
+            assert release.changed.wait_for(lambda: release.waits == 1, WAIT)
+            assert progress[-1] == lag + step
+            assert release.done == 0
+        advice.gate.set()
+        writer.join(WAIT)
+        release.thread.join(WAIT)
+    assert not writer.is_alive() and not release.thread.is_alive()
+    assert progress[-1] == size
+    assert advice.covered() == size
+
+
+def test_the_advice_ends_at_close_when_the_transfer_ends_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advice = Advice()
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    with (tmp_path / "f").open("wb") as file:
+        release = WritebackBehind(file.fileno())
+        release.written(PAGE_CACHE_WINDOW + 3, last=False)
+        release.close()  # the peer vanished, say
+        release.thread.join(WAIT)
+    assert not release.thread.is_alive()
+    assert advice.covered() == PAGE_CACHE_WINDOW + 3
+
+
+def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (tmp_path / "f").open("wb") as file:
+        fd = file.fileno()
+        assert type(page_cache_release(fd, behind=False)) is PageCacheRelease
+        behind = page_cache_release(fd, behind=True)
+        assert isinstance(behind, WritebackBehind)
+        behind.close()
+        behind.thread.join(WAIT)
+        descriptors = open_descriptors()
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(RuntimeError("no")))
+            assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
+        assert open_descriptors() == descriptors, "the dup made for the thread is closed"
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "dup", lambda fd: (_ for _ in ()).throw(OSError(24, "Too many")))
+            assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
+        with monkeypatch.context() as patch:
+            patch.setattr(pagecache, "_fadvise", None)  # Windows, macOS: nothing to advise
+            assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
+
+
+@pytest.mark.parametrize("size", [3 * CHUNK_SIZE + 1, PAGE_CACHE_WINDOW + 1], ids=["inline", "behind"])
+def test_a_refused_advice_is_ignored(receiver: Receiver, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     advice = Advice(fail=True)
-    monkeypatch.setattr(handlers, "_fadvise", advice)
-    content = os.urandom(PAGE_CACHE_WINDOW + 1)
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    content = os.urandom(size)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content
-    assert advice.calls == [(0, PAGE_CACHE_WINDOW), (0, PAGE_CACHE_WINDOW + 1)]
+    wait_for_writeback()
+    assert advice.covered() == size
 
 
 def test_without_fadvise_the_file_is_stored_all_the_same(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(handlers, "_fadvise", None)  # Windows, macOS
+    monkeypatch.setattr(pagecache, "_fadvise", None)  # Windows, macOS
     content = os.urandom(PAGE_CACHE_WINDOW + 1)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content
+    assert writeback_threads() == []
 
 
 def test_a_received_file_is_advised_window_by_window_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the receive path without a large pair (none free): inline, a window at a time,
+    the advice covers the plaintext written, padding cut off."""
+    advice = Advice()
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    receiver = Receiver(tmp_path, ReceiveBuffers(large=0))
+    try:
+        content = os.urandom(2 * PAGE_CACHE_WINDOW + 3)
+        send_whole(receiver, "x.bin", content).response()
+        window = PAGE_CACHE_WINDOW
+        assert advice.calls == [(0, window), (0, 2 * window), (window, window + 3)]
+        assert advice.threads == {"handler"}
+        assert receiver.stored_content("x.bin") == content
+    finally:
+        receiver.close()
+
+
+def test_a_large_file_is_answered_while_its_advice_is_still_held(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through the receive path: the advice covers the plaintext written, padding cut off."""
-    advice = Advice()
-    monkeypatch.setattr(handlers, "_fadvise", advice)
-    content = os.urandom(2 * PAGE_CACHE_WINDOW + 3)
-    send_whole(receiver, "x.bin", content).response()
-    window = PAGE_CACHE_WINDOW
-    assert advice.calls == [(0, window), (0, 2 * window), (window, window + 3)]
+    """With a large pair, the advice runs behind in a thread of its own: the 2103 does not wait
+    for it (a disk slower than the network), and it goes on to the end after the answer."""
+    advice = Advice(gate_open=False)
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    content = os.urandom(LARGE_FILE_SIZE + 3 * PAGE_CACHE_WINDOW + 5)
+    assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content
+    [thread] = writeback_threads()
+    assert thread.is_alive(), "held at the gate"
+    advice.gate.set()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert advice.covered() == len(content)
+    assert advice.threads == {THREAD_NAME}
 
 
 # --- 1028 over a socket ------------------------------------------------------------------
@@ -292,7 +442,7 @@ class Receiver:
         client = socket.create_connection(self.listener.getsockname(), timeout=WAIT)
         connection, _ = self.listener.accept()
         transfer = Transfer(name, content, client, threading.Thread(target=lambda: None))
-        transfer.thread = threading.Thread(target=self._serve, args=(connection, transfer))
+        transfer.thread = threading.Thread(target=self._serve, args=(connection, transfer), name="handler")
         transfer.thread.start()
         return transfer
 
@@ -331,6 +481,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     receiver = Receiver(tmp_path, ReceiveBuffers())
     yield receiver
     receiver.close()
+    wait_for_writeback()  # every transfer's advising thread has ended, failed ones' too
 
 
 def send_whole(receiver: Receiver, name: str, content: bytes) -> Transfer:

@@ -63,6 +63,7 @@ CHUNK_SIZE = 256 * 1024
 # fewer than LARGE_BUFFERS other transfers hold a buffer that large (ReceiveBuffers): a
 # quarter of the system calls and loop turns per byte, and memory that stays bounded
 # (four pairs of 1 MiB: 8 MiB at most) whatever the number of clients. The others use CHUNK_SIZE.
+# A transfer with a large pair also advises its pages from a thread of its own (pagecache.py).
 LARGE_CHUNK_SIZE = 1024 * 1024
 LARGE_FILE_SIZE = 8 * 1024 * 1024
 LARGE_BUFFERS = 4

@@ -17,9 +17,10 @@ import re
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -115,26 +116,37 @@ def test_the_server_shares_one_bound_of_four_large_buffers() -> None:
 
 class Advice:
     """posix_fadvise calls (offset, length) as pagecache makes them, and the threads that made
-    them, passed on to the real one; each held while `gate` is closed."""
+    them, passed on to the real one. `held`: each call waits until the test allows it."""
 
-    def __init__(self, fail: bool = False, gate_open: bool = True) -> None:
+    def __init__(self, fail: bool = False, held: bool = False) -> None:
         self.calls: list[tuple[int, int]] = []
         self.threads: set[str] = set()
         self.fail = fail
-        self.gate = threading.Event()
-        if gate_open:
-            self.gate.set()
-        self._lock = threading.Lock()
+        self.allowed: int | None = 0 if held else None  # how many calls may go on; None: all
+        self.changed = threading.Condition()
 
     def __call__(self, fd: int, offset: int, length: int, advice: int) -> None:
         assert advice == os.POSIX_FADV_DONTNEED
-        with self._lock:
+        with self.changed:
             self.calls.append((offset, length))
             self.threads.add(threading.current_thread().name)
-        assert self.gate.wait(WAIT)
+            index = len(self.calls)
+            self.changed.notify_all()
+            assert self.changed.wait_for(lambda: self.allowed is None or index <= self.allowed, WAIT)
         if self.fail:
             raise OSError(22, "Invalid argument")
         os.posix_fadvise(fd, offset, length, advice)
+
+    def allow(self, calls: int | None) -> None:
+        """Let the first `calls` calls go on (None: every call from now on)."""
+        with self.changed:
+            self.allowed = calls
+            self.changed.notify_all()
+
+    def wait_for_calls(self, count: int) -> list[tuple[int, int]]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.calls) >= count, WAIT), self.calls
+            return list(self.calls)
 
     def covered(self) -> int:
         """How far the calls advise the file: from its start, with no gap, each further on."""
@@ -233,14 +245,30 @@ def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
     assert open_descriptors() == descriptors, "the thread's own descriptor is closed"
 
 
+def test_a_window_written_is_advised_without_waiting_for_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advice = Advice()
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    with (tmp_path / "f").open("wb") as file:
+        release = WritebackBehind(file.fileno())
+        release.written(PAGE_CACHE_WINDOW - LARGE_CHUNK_SIZE, last=False)
+        release.written(PAGE_CACHE_WINDOW, last=False)
+        assert advice.wait_for_calls(1) == [(0, PAGE_CACHE_WINDOW)]
+        release.written(PAGE_CACHE_WINDOW + 5, last=True)
+        release.thread.join(WAIT)
+    assert advice.calls == [(0, PAGE_CACHE_WINDOW), (0, PAGE_CACHE_WINDOW + 5)]
+
+
 def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first advice is held: the writes go on up to `lag` bytes ahead of what is advised
-    (nothing), and the first write past that waits until the advice goes on."""
-    advice = Advice(gate_open=False)
+    """Each advice is held until the test allows it: the writes go on up to `lag` bytes ahead
+    of what is advised, and the first write past that waits until an advice is done. (The
+    advising thread takes what is written when it wakes: a window, or a chunk or so more.)"""
+    advice = Advice(held=True)
     monkeypatch.setattr(pagecache, "_fadvise", advice)
-    lag, step, size = 3 * PAGE_CACHE_WINDOW, LARGE_CHUNK_SIZE, 6 * PAGE_CACHE_WINDOW
+    lag, step, size = PAGE_CACHE_WINDOW, LARGE_CHUNK_SIZE, 4 * PAGE_CACHE_WINDOW
     progress: list[int] = []
     with (tmp_path / "f").open("wb") as file:
         release = WritebackBehind(file.fileno(), lag=lag)
@@ -252,11 +280,19 @@ def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
 
         writer = threading.Thread(target=write)
         writer.start()
-        with release.changed:
-            assert release.changed.wait_for(lambda: release.waits == 1, WAIT)
-            assert progress[-1] == lag + step
-            assert release.done == 0
-        advice.gate.set()
+        try:
+            with release.changed:  # the first advice is held: nothing is done
+                assert release.changed.wait_for(lambda: release.waits == 1, WAIT)
+                assert (progress[-1], release.done) == (lag + step, 0)
+            [(_, first)] = advice.wait_for_calls(1)
+            assert lag <= first <= lag + step
+            advice.allow(1)  # the first is done; the second is held
+            assert advice.wait_for_calls(2)[1][0] == 0, "the window before the last one, again"
+            with release.changed:
+                assert release.changed.wait_for(lambda: release.waits == 2, WAIT)
+                assert (progress[-1], release.done) == (first + lag + step, first)
+        finally:
+            advice.allow(None)
         writer.join(WAIT)
         release.thread.join(WAIT)
     assert not writer.is_alive() and not release.thread.is_alive()
@@ -278,6 +314,15 @@ def test_the_advice_ends_at_close_when_the_transfer_ends_early(
     assert advice.covered() == PAGE_CACHE_WINDOW + 3
 
 
+def refuse(error: Exception) -> Callable[..., NoReturn]:
+    """A stand-in for a call that fails with `error`."""
+
+    def call(*_args: object) -> NoReturn:
+        raise error
+
+    return call
+
+
 def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,11 +335,11 @@ def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
         behind.thread.join(WAIT)
         descriptors = open_descriptors()
         with monkeypatch.context() as patch:
-            patch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(RuntimeError("no")))
+            patch.setattr(threading.Thread, "start", refuse(RuntimeError("can't start new thread")))
             assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
         assert open_descriptors() == descriptors, "the dup made for the thread is closed"
         with monkeypatch.context() as patch:
-            patch.setattr(os, "dup", lambda fd: (_ for _ in ()).throw(OSError(24, "Too many")))
+            patch.setattr(os, "dup", refuse(OSError(24, "Too many open files")))
             assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
         with monkeypatch.context() as patch:
             patch.setattr(pagecache, "_fadvise", None)  # Windows, macOS: nothing to advise
@@ -346,14 +391,14 @@ def test_a_large_file_is_answered_while_its_advice_is_still_held(
 ) -> None:
     """With a large pair, the advice runs behind in a thread of its own: the 2103 does not wait
     for it (a disk slower than the network), and it goes on to the end after the answer."""
-    advice = Advice(gate_open=False)
+    advice = Advice(held=True)
     monkeypatch.setattr(pagecache, "_fadvise", advice)
     content = os.urandom(LARGE_FILE_SIZE + 3 * PAGE_CACHE_WINDOW + 5)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content
     [thread] = writeback_threads()
-    assert thread.is_alive(), "held at the gate"
-    advice.gate.set()
+    assert thread.is_alive(), "its advice is held"
+    advice.allow(None)
     thread.join(WAIT)
     assert not thread.is_alive()
     assert advice.covered() == len(content)

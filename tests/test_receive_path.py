@@ -37,7 +37,14 @@ from handlers import (
     ReceiveBuffers,
     RequestContext,
 )
-from pagecache import PAGE_CACHE_WINDOW, THREAD_NAME, PageCacheRelease, WritebackBehind, page_cache_release
+from pagecache import (
+    PAGE_CACHE_WINDOW,
+    THREAD_NAME,
+    WRITEBACK_LAG,
+    PageCacheRelease,
+    WritebackBehind,
+    page_cache_release,
+)
 from protocol import (
     CLIENT_VERSION,
     REQUEST_HEADER,
@@ -114,6 +121,24 @@ def test_the_server_shares_one_bound_of_four_large_buffers() -> None:
 # --- pagecache: PageCacheRelease and WritebackBehind ---------------------------------------
 
 
+# Run after each test (release_all): every held advice goes on, every advising thread made by
+# a test is closed, so that a failed test leaves nothing the next tests would wait for.
+FINALIZERS: list[Callable[[], None]] = []
+
+
+@pytest.fixture(autouse=True)
+def release_all() -> Iterator[None]:
+    yield
+    while FINALIZERS:
+        FINALIZERS.pop()()
+
+
+def behind(fd: int, lag: int = WRITEBACK_LAG) -> WritebackBehind:
+    release = WritebackBehind(fd, lag)
+    FINALIZERS.append(release.close)
+    return release
+
+
 class Advice:
     """posix_fadvise calls (offset, length) as pagecache makes them, and the threads that made
     them, passed on to the real one. `held`: each call waits until the test allows it."""
@@ -124,6 +149,7 @@ class Advice:
         self.fail = fail
         self.allowed: int | None = 0 if held else None  # how many calls may go on; None: all
         self.changed = threading.Condition()
+        FINALIZERS.append(lambda: self.allow(None))
 
     def __call__(self, fd: int, offset: int, length: int, advice: int) -> None:
         assert advice == os.POSIX_FADV_DONTNEED
@@ -168,8 +194,15 @@ def wait_for_writeback() -> None:
         assert not thread.is_alive(), "an advising thread did not end"
 
 
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_on(fd: int, path: Path) -> bool:
+    """Whether descriptor `fd` is open on the file `path` (once closed, its number may be
+    reused by another file: the test's process opens and closes files meanwhile)."""
+    try:
+        opened = os.fstat(fd)
+    except OSError:
+        return False
+    found = path.stat()
+    return (opened.st_dev, opened.st_ino) == (found.st_dev, found.st_ino)
 
 
 def resident_pages(path: Path) -> int:
@@ -230,19 +263,19 @@ def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
     advice = Advice()
     monkeypatch.setattr(pagecache, "_fadvise", advice)
     size = 5 * PAGE_CACHE_WINDOW + 7
-    descriptors = open_descriptors()
     with (tmp_path / "f").open("wb") as file:
-        release = WritebackBehind(file.fileno())
+        release = behind(file.fileno())
+        assert release.fd != file.fileno() and open_on(release.fd, tmp_path / "f"), "a dup"
         for total in range(LARGE_CHUNK_SIZE, size, LARGE_CHUNK_SIZE):
             release.written(total, last=False)
         release.written(size, last=True)
         release.close()
         release.thread.join(WAIT)
+        assert not open_on(release.fd, tmp_path / "f"), "the thread's own descriptor is closed"
     assert not release.thread.is_alive()
     assert advice.covered() == size
     assert advice.threads == {THREAD_NAME}
     assert release.waits == 0, "never more than WRITEBACK_LAG behind"
-    assert open_descriptors() == descriptors, "the thread's own descriptor is closed"
 
 
 def test_a_window_written_is_advised_without_waiting_for_more(
@@ -251,7 +284,7 @@ def test_a_window_written_is_advised_without_waiting_for_more(
     advice = Advice()
     monkeypatch.setattr(pagecache, "_fadvise", advice)
     with (tmp_path / "f").open("wb") as file:
-        release = WritebackBehind(file.fileno())
+        release = behind(file.fileno())
         release.written(PAGE_CACHE_WINDOW - LARGE_CHUNK_SIZE, last=False)
         release.written(PAGE_CACHE_WINDOW, last=False)
         assert advice.wait_for_calls(1) == [(0, PAGE_CACHE_WINDOW)]
@@ -271,7 +304,7 @@ def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
     lag, step, size = PAGE_CACHE_WINDOW, LARGE_CHUNK_SIZE, 4 * PAGE_CACHE_WINDOW
     progress: list[int] = []
     with (tmp_path / "f").open("wb") as file:
-        release = WritebackBehind(file.fileno(), lag=lag)
+        release = behind(file.fileno(), lag=lag)
 
         def write() -> None:
             for total in range(step, size + 1, step):
@@ -306,7 +339,7 @@ def test_the_advice_ends_at_close_when_the_transfer_ends_early(
     advice = Advice()
     monkeypatch.setattr(pagecache, "_fadvise", advice)
     with (tmp_path / "f").open("wb") as file:
-        release = WritebackBehind(file.fileno())
+        release = behind(file.fileno())
         release.written(PAGE_CACHE_WINDOW + 3, last=False)
         release.close()  # the peer vanished, say
         release.thread.join(WAIT)
@@ -326,18 +359,27 @@ def refuse(error: Exception) -> Callable[..., NoReturn]:
 def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with (tmp_path / "f").open("wb") as file:
+    path = tmp_path / "f"
+    with path.open("wb") as file:
         fd = file.fileno()
         assert type(page_cache_release(fd, behind=False)) is PageCacheRelease
         behind = page_cache_release(fd, behind=True)
         assert isinstance(behind, WritebackBehind)
         behind.close()
         behind.thread.join(WAIT)
-        descriptors = open_descriptors()
+        dups: list[int] = []
+        real_dup = os.dup
+
+        def dup(fd: int) -> int:
+            dups.append(real_dup(fd))
+            return dups[-1]
+
         with monkeypatch.context() as patch:
+            patch.setattr(os, "dup", dup)
             patch.setattr(threading.Thread, "start", refuse(RuntimeError("can't start new thread")))
             assert type(page_cache_release(fd, behind=True)) is PageCacheRelease
-        assert open_descriptors() == descriptors, "the dup made for the thread is closed"
+        [made] = dups
+        assert not open_on(made, path), "the dup made for the thread is closed"
         with monkeypatch.context() as patch:
             patch.setattr(os, "dup", refuse(OSError(24, "Too many open files")))
             assert type(page_cache_release(fd, behind=True)) is PageCacheRelease

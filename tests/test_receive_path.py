@@ -133,6 +133,14 @@ def release_all() -> Iterator[None]:
         FINALIZERS.pop()()
 
 
+@pytest.fixture
+def advice(monkeypatch: pytest.MonkeyPatch) -> Advice:
+    """The posix_fadvise that pagecache calls, recorded."""
+    advice = Advice()
+    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    return advice
+
+
 def behind(fd: int, lag: int = WRITEBACK_LAG) -> WritebackBehind:
     release = WritebackBehind(fd, lag)
     FINALIZERS.append(release.close)
@@ -141,13 +149,13 @@ def behind(fd: int, lag: int = WRITEBACK_LAG) -> WritebackBehind:
 
 class Advice:
     """posix_fadvise calls (offset, length) as pagecache makes them, and the threads that made
-    them, passed on to the real one. `held`: each call waits until the test allows it."""
+    them, passed on to the real one; held while the test does not allow them (allow)."""
 
-    def __init__(self, fail: bool = False, held: bool = False) -> None:
+    def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
         self.threads: set[str] = set()
-        self.fail = fail
-        self.allowed: int | None = 0 if held else None  # how many calls may go on; None: all
+        self.fail = False  # each call fails (after it is recorded)
+        self.allowed: int | None = None  # how many calls may go on; None: all
         self.changed = threading.Condition()
         FINALIZERS.append(lambda: self.allow(None))
 
@@ -216,12 +224,8 @@ def resident_pages(path: Path) -> int:
     return int(output.split()[0])
 
 
-def test_every_window_advises_the_last_two_and_the_end_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_window_advises_the_last_two_and_the_end_the_rest(tmp_path: Path, advice: Advice) -> None:
     window = PAGE_CACHE_WINDOW
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
     with (tmp_path / "f").open("wb") as file:
         release = PageCacheRelease(file.fileno())
         step = LARGE_CHUNK_SIZE
@@ -232,11 +236,7 @@ def test_every_window_advises_the_last_two_and_the_end_the_rest(
     assert advice.threads == {threading.current_thread().name}
 
 
-def test_a_file_smaller_than_a_window_is_advised_once_at_its_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+def test_a_file_smaller_than_a_window_is_advised_once_at_its_end(tmp_path: Path, advice: Advice) -> None:
     with (tmp_path / "f").open("wb") as file:
         release = PageCacheRelease(file.fileno())
         release.written(PAGE_CACHE_WINDOW - 1, last=False)
@@ -258,10 +258,8 @@ def test_the_advice_frees_the_pages_once_they_are_written_back(tmp_path: Path) -
 
 
 def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, advice: Advice
 ) -> None:
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
     size = 5 * PAGE_CACHE_WINDOW + 7
     with (tmp_path / "f").open("wb") as file:
         release = behind(file.fileno())
@@ -278,11 +276,7 @@ def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
     assert release.waits == 0, "never more than WRITEBACK_LAG behind"
 
 
-def test_a_window_written_is_advised_without_waiting_for_more(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+def test_a_window_written_is_advised_without_waiting_for_more(tmp_path: Path, advice: Advice) -> None:
     with (tmp_path / "f").open("wb") as file:
         release = behind(file.fileno())
         release.written(PAGE_CACHE_WINDOW - LARGE_CHUNK_SIZE, last=False)
@@ -294,13 +288,12 @@ def test_a_window_written_is_advised_without_waiting_for_more(
 
 
 def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, advice: Advice
 ) -> None:
     """Each advice is held until the test allows it: the writes go on up to `lag` bytes ahead
     of what is advised, and the first write past that waits until an advice is done. (The
     advising thread takes what is written when it wakes: a window, or a chunk or so more.)"""
-    advice = Advice(held=True)
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    advice.allow(0)  # every call held until allowed
     lag, step, size = PAGE_CACHE_WINDOW, LARGE_CHUNK_SIZE, 4 * PAGE_CACHE_WINDOW
     progress: list[int] = []
     with (tmp_path / "f").open("wb") as file:
@@ -333,11 +326,7 @@ def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
     assert advice.covered() == size
 
 
-def test_the_advice_ends_at_close_when_the_transfer_ends_early(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+def test_the_advice_ends_at_close_when_the_transfer_ends_early(tmp_path: Path, advice: Advice) -> None:
     with (tmp_path / "f").open("wb") as file:
         release = behind(file.fileno())
         release.written(PAGE_CACHE_WINDOW + 3, last=False)
@@ -389,9 +378,8 @@ def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
 
 
 @pytest.mark.parametrize("size", [3 * CHUNK_SIZE + 1, PAGE_CACHE_WINDOW + 1], ids=["inline", "behind"])
-def test_a_refused_advice_is_ignored(receiver: Receiver, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-    advice = Advice(fail=True)
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+def test_a_refused_advice_is_ignored(receiver: Receiver, advice: Advice, size: int) -> None:
+    advice.fail = True
     content = os.urandom(size)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content
@@ -409,13 +397,9 @@ def test_without_fadvise_the_file_is_stored_all_the_same(
     assert writeback_threads() == []
 
 
-def test_a_received_file_is_advised_window_by_window_to_its_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_received_file_is_advised_window_by_window_to_its_end(tmp_path: Path, advice: Advice) -> None:
     """Through the receive path without a large pair (none free): inline, a window at a time,
     the advice covers the plaintext written, padding cut off."""
-    advice = Advice()
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
     receiver = Receiver(tmp_path, ReceiveBuffers(large=0))
     try:
         content = os.urandom(2 * PAGE_CACHE_WINDOW + 3)
@@ -428,13 +412,10 @@ def test_a_received_file_is_advised_window_by_window_to_its_end(
         receiver.close()
 
 
-def test_a_large_file_is_answered_while_its_advice_is_still_held(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_large_file_is_answered_while_its_advice_is_still_held(receiver: Receiver, advice: Advice) -> None:
     """With a large pair, the advice runs behind in a thread of its own: the 2103 does not wait
     for it (a disk slower than the network), and it goes on to the end after the answer."""
-    advice = Advice(held=True)
-    monkeypatch.setattr(pagecache, "_fadvise", advice)
+    advice.allow(0)  # every call held until allowed
     content = os.urandom(LARGE_FILE_SIZE + 3 * PAGE_CACHE_WINDOW + 5)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content

@@ -83,11 +83,14 @@ class WritebackBehind(PageCacheRelease):
         super().__init__(os.dup(fd))
         self.lag = lag
         self.changed = threading.Condition()  # guards the five fields below
-        self.total = 0  # bytes written: set by the writing thread ...
-        self.closed = False  # ... which has written its last
-        self.done = 0  # bytes advised, as the writing thread sees them: set by the advising thread ...
-        self.ended = False  # ... which has ended
-        self.waits = 0  # how often the writing thread has waited for the advice (tests, logs)
+        # Set by the writing thread: the bytes written (before any read), and whether that is all.
+        self.total = 0  # pragma: no mutate  (set before it is read)
+        self.closed = False  # pragma: no mutate  (read as a truth value only)
+        # Set by the advising thread: the bytes advised, as the writing thread sees them, and
+        # whether it has ended.
+        self.done = 0
+        self.ended = False  # pragma: no mutate  (read as a truth value only)
+        self.waits = 0  # how often the writing thread has waited for the advice (tests)
         self.thread = threading.Thread(target=self._advise_behind, name=THREAD_NAME, daemon=True)
         try:
             self.thread.start()

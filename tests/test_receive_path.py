@@ -274,6 +274,7 @@ def test_writeback_behind_advises_the_whole_file_from_a_thread_of_its_own(
     assert advice.covered() == size
     assert advice.threads == {THREAD_NAME}
     assert release.waits == 0, "never more than WRITEBACK_LAG behind"
+    assert release.thread.daemon, "an advice held by a slow disk does not hold the server's exit"
 
 
 def test_a_window_written_is_advised_without_waiting_for_more(tmp_path: Path, advice: Advice) -> None:

@@ -154,7 +154,7 @@ class Advice:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
         self.threads: set[str] = set()
-        self.fail = False  # each call fails (after it is recorded)
+        self.fail_with: Exception | None = None  # each call raises it (after it is recorded)
         self.allowed: int | None = None  # how many calls may go on; None: all
         self.changed = threading.Condition()
         FINALIZERS.append(lambda: self.allow(None))
@@ -167,8 +167,8 @@ class Advice:
             index = len(self.calls)
             self.changed.notify_all()
             assert self.changed.wait_for(lambda: self.allowed is None or index <= self.allowed, WAIT)
-        if self.fail:
-            raise OSError(22, "Invalid argument")
+        if self.fail_with is not None:
+            raise self.fail_with
         os.posix_fadvise(fd, offset, length, advice)
 
     def allow(self, calls: int | None) -> None:
@@ -283,9 +283,10 @@ def test_a_window_written_is_advised_without_waiting_for_more(tmp_path: Path, ad
         release.written(PAGE_CACHE_WINDOW - LARGE_CHUNK_SIZE, last=False)
         release.written(PAGE_CACHE_WINDOW, last=False)
         assert advice.wait_for_calls(1) == [(0, PAGE_CACHE_WINDOW)]
-        release.written(PAGE_CACHE_WINDOW + 5, last=True)
+        release.written(PAGE_CACHE_WINDOW + LARGE_CHUNK_SIZE, last=False)  # less than a window more
+        release.written(PAGE_CACHE_WINDOW + LARGE_CHUNK_SIZE + 5, last=True)
         release.thread.join(WAIT)
-    assert advice.calls == [(0, PAGE_CACHE_WINDOW), (0, PAGE_CACHE_WINDOW + 5)]
+    assert advice.calls == [(0, PAGE_CACHE_WINDOW), (0, PAGE_CACHE_WINDOW + LARGE_CHUNK_SIZE + 5)]
 
 
 def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
@@ -327,14 +328,38 @@ def test_the_writes_wait_for_the_advice_only_when_it_is_the_lag_behind(
     assert advice.covered() == size
 
 
-def test_the_advice_ends_at_close_when_the_transfer_ends_early(tmp_path: Path, advice: Advice) -> None:
+@pytest.mark.parametrize("advised_before_close", [False, True])
+def test_the_advice_ends_at_close_when_the_transfer_ends_early(
+    tmp_path: Path, advice: Advice, advised_before_close: bool
+) -> None:
+    written = PAGE_CACHE_WINDOW + 3
     with (tmp_path / "f").open("wb") as file:
         release = behind(file.fileno())
-        release.written(PAGE_CACHE_WINDOW + 3, last=False)
+        release.written(written, last=False)
+        if advised_before_close:
+            with release.changed:
+                assert release.changed.wait_for(lambda: release.done == written, WAIT)
         release.close()  # the peer vanished, say
         release.thread.join(WAIT)
     assert not release.thread.is_alive()
-    assert advice.covered() == PAGE_CACHE_WINDOW + 3
+    assert advice.calls == [(0, written)], "each byte advised once: nothing again at close"
+
+
+def test_an_advising_thread_that_fails_is_logged_and_holds_no_write(
+    tmp_path: Path, advice: Advice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an OSError (a refusal, ignored) but a bug: the thread ends with a log line, and the
+    writes go on past the lag without waiting for it."""
+    advice.fail_with = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="pagecache"), (tmp_path / "f").open("wb") as file:
+        release = behind(file.fileno(), lag=PAGE_CACHE_WINDOW)
+        release.written(PAGE_CACHE_WINDOW, last=False)
+        release.thread.join(WAIT)
+        assert not release.thread.is_alive()
+        release.written(3 * PAGE_CACHE_WINDOW, last=True)  # past the lag: returns
+    assert release.ended and release.done == 0
+    [record] = caplog.records
+    assert "page cache advice" in record.getMessage() and record.exc_info is not None
 
 
 def refuse(error: Exception) -> Callable[..., NoReturn]:
@@ -380,7 +405,7 @@ def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
 
 @pytest.mark.parametrize("size", [3 * CHUNK_SIZE + 1, PAGE_CACHE_WINDOW + 1], ids=["inline", "behind"])
 def test_a_refused_advice_is_ignored(receiver: Receiver, advice: Advice, size: int) -> None:
-    advice.fail = True
+    advice.fail_with = OSError(22, "Invalid argument")
     content = os.urandom(size)
     assert send_whole(receiver, "x.bin", content).response().cksum == cksum(content)
     assert receiver.stored_content("x.bin") == content

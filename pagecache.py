@@ -134,7 +134,8 @@ class WritebackBehind(PageCacheRelease):
 
     def _has_work(self) -> bool:
         """A window written and not yet advised, or the end (the advising thread waits for it)."""
-        # pragma: a + makes the idle thread spin instead of wait; no result changes, only CPU time.
+        # Not mutated: a + for the - makes the idle thread spin instead of wait, which changes no
+        # result, only CPU time (docs/testing.md).
         return self.total - self.advised >= PAGE_CACHE_WINDOW or self.closed  # pragma: no mutate
 
     def _advise_until_closed(self) -> None:

@@ -153,9 +153,9 @@ BROKEN_COPIES = [
             ),
             Edit(
                 "handlers.py",
-                r"        payload\.readinto\(ciphertext\)\n",
-                r"        done = size - remaining\n"
-                r"        ciphertext[:] = source[done : done + len(ciphertext)]\n",
+                r"\n( +)payload\.readinto\(ciphertext\)\n",  # at whatever depth the loop is
+                r"\n\g<1>done = size - remaining\n"
+                r"\g<1>ciphertext[:] = source[done : done + len(ciphertext)]\n",
             ),
         ),
         fail=frozenset({"§2 1028 streaming"}),

@@ -277,6 +277,17 @@ def test_a_server_that_dies_is_reported_once(grading_runs: dict[str, GradingRun]
     assert others == {f"the server exits here too; see {died.spec} {died.check}"}, others
 
 
+@pytest.mark.parametrize("name", sorted(COPIES))
+def test_every_broken_copy_is_still_python(name: str, tmp_path: Path) -> None:
+    """The copies edit our code by text: a change of that code's shape (a loop put one level
+    deeper) must break this, at once, not a grading run that fails at start-up for the
+    wrong reason. No copy is meant to fail to compile."""
+    folder = make_broken_copy(name, tmp_path / name)
+    for edited in sorted({edit.file for edit in COPIES[name].edits}):
+        path = folder / edited
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
 def test_the_selection_of_each_copy_holds_its_rows_and_the_sample() -> None:
     """The restriction (see the module docstring) computed as meant: a known copy's selection."""
     functions = {check.function: check.point for check in selected_checks(COPIES["spins-after-vanishing"])}

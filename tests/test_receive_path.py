@@ -378,10 +378,10 @@ def test_page_cache_release_advises_inline_without_a_thread_to_be_had(
     with path.open("wb") as file:
         fd = file.fileno()
         assert type(page_cache_release(fd, behind=False)) is PageCacheRelease
-        behind = page_cache_release(fd, behind=True)
-        assert isinstance(behind, WritebackBehind)
-        behind.close()
-        behind.thread.join(WAIT)
+        release = page_cache_release(fd, behind=True)
+        assert isinstance(release, WritebackBehind)
+        release.close()
+        release.thread.join(WAIT)
         dups: list[int] = []
         real_dup = os.dup
 
